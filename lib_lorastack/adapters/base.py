@@ -1,0 +1,85 @@
+"""The common interface of every adapter algorithm (LoRA, LoHa, LoKr, OFT, …).
+
+One ``Adapter`` holds the tensors of one LoRA module (one target) and computes that target's change.
+
+Additive adapters (``additive = True``: LoRA/LoCon, LoHa, LoKr, full/diff, norm) give a ΔW that does
+not depend on the weight it is applied to; the stack sums ``strength_i · ΔW_i``.
+Multiplicative adapters (``additive = False``: DoRA, IA3, OFT, BOFT, GLoRA) give ``W' − W`` for the
+weight they are handed; the stack applies them in stack order on top of the summed additive change,
+each at strength m as ``W ← W + m · (W'(W) − W)`` (the WebUI's linear blend of the difference).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class WeightUpdate:
+    """A target's change at strength 1: ``weight`` shaped like the target weight, ``bias`` like its bias."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+class Adapter(ABC):
+    """One module of one LoRA file.
+
+    ``tensors`` maps the key suffixes after the module prefix (``lora_up.weight``, ``alpha``,
+    ``hada_w1_a``, …) to tensors, as stored in the file (any dtype, CPU).
+    """
+
+    algo: ClassVar[str]  # short name shown to users: "lora", "locon", "loha", "lokr", "full", "norm", ...
+    additive: ClassVar[bool] = True
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors = dict(tensors)
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, suffixes: frozenset[str]) -> bool:
+        """Whether this algorithm owns a module with these key suffixes."""
+
+    @property
+    def rank(self) -> int | None:
+        """The rank (``dim``) when the algorithm has one."""
+        return None
+
+    @property
+    def alpha(self) -> float | None:
+        return None
+
+    @property
+    def scale(self) -> float:
+        """The file's own scale: ``alpha / rank`` where both are known, else 1 (as the WebUI)."""
+        return 1.0
+
+    @abstractmethod
+    def update(
+        self, weight: torch.Tensor, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> WeightUpdate:
+        """The change at strength 1 for a target whose current weight is ``weight``.
+
+        Computed in ``dtype`` (fp32 by default) on ``device`` (default: the weight's device).
+        Additive adapters use ``weight`` only for its shape; multiplicative ones return ``W' − W``.
+        """
+
+    def low_rank_factors(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(up [out, r], down [r, fan_in])`` with ``scale`` folded into ``up``, such that
+        ``ΔW == (up @ down).reshape(weight.shape)``; ``None`` when the change is not such a product
+        (the engine then calls ``update``). Lets the engine batch many layers into one matmul."""
+        return None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def validate(self, weight_shape: torch.Size | tuple[int, ...]) -> str | None:
+        """A message naming the fault when the tensors cannot apply to a weight of this shape, else None."""
+        return None
