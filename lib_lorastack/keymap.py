@@ -1,0 +1,168 @@
+"""LoRA file keys → (module prefix, suffix) → the WebUI Target they change; key-format and family detection."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .names import name_maps
+from .targets import Family, Target
+
+# Formats, as reported to users.
+KOHYA = "kohya"  # lora_unet_<diffusers names>, lora_te_…
+KOHYA_LDM = "kohya-ldm"  # lora_unet_<LDM/sgm names> (kohya's SDXL files)
+LYCORIS = "lycoris"  # lycoris_<…>
+PEFT = "diffusers-peft"  # unet.<…>.lora_A.weight, text_encoder.<…>
+DIFFUSERS_OLD = "diffusers-attn-procs"  # <…>.processor.to_q_lora.down.weight
+
+_KOHYA_ROOTS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_", "oft_unet_")
+
+# Dotted (PEFT / diffusers) suffixes → the kohya suffix the adapters know.
+_DOTTED_SUFFIXES = [
+    (re.compile(r"\.lora_A(?:\.[\w-]+)?\.weight$"), "lora_down.weight"),
+    (re.compile(r"\.lora_B(?:\.[\w-]+)?\.weight$"), "lora_up.weight"),
+    (re.compile(r"\.lora_B(?:\.[\w-]+)?\.bias$"), "bias"),
+    (re.compile(r"\.lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?$"), "lora_magnitude_vector"),
+    (re.compile(r"\.lora\.down\.weight$"), "lora_down.weight"),
+    (re.compile(r"\.lora\.up\.weight$"), "lora_up.weight"),
+    (re.compile(r"\.lora_down\.weight$"), "lora_down.weight"),
+    (re.compile(r"\.lora_up\.weight$"), "lora_up.weight"),
+    (re.compile(r"\.lora_mid\.weight$"), "lora_mid.weight"),
+    (re.compile(r"\.alpha$"), "alpha"),
+]
+_OLD_PROC = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+_OLD_PROC_NAMES = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+
+FLUX_MARKERS = ("double_blocks", "single_blocks", "single_transformer_blocks", "txt_in", "img_in")
+SD3_MARKERS = ("joint_blocks", "context_block", "x_block", "context_embedder")
+
+
+@dataclass(frozen=True)
+class SplitKey:
+    key: str
+    prefix: str  # the module part, in the file's own spelling
+    suffix: str  # normalised to kohya spelling (lora_down.weight, alpha, hada_w1_a, …)
+    format: str
+
+
+def split_key(key: str) -> SplitKey | None:
+    """Split a file key into module prefix and suffix, or None for keys that are not module tensors."""
+    if key.startswith(_KOHYA_ROOTS):
+        prefix, dot, suffix = key.partition(".")
+        if not dot:
+            return None
+        fmt = LYCORIS if key.startswith("lycoris_") else KOHYA
+        return SplitKey(key, prefix, suffix, fmt)
+    body = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
+    for pattern, suffix in _DOTTED_SUFFIXES:
+        m = pattern.search(body)
+        if m:
+            prefix = body[: m.start()]
+            old = _OLD_PROC.search(prefix)
+            if old:
+                prefix = prefix[: old.start()] + "." + _OLD_PROC_NAMES[old.group(1)]
+                return SplitKey(key, prefix, suffix, DIFFUSERS_OLD)
+            return SplitKey(key, prefix, suffix, PEFT)
+    return None
+
+
+_SPELLING_CACHE: dict[Family, dict[str, dict[str, list[Target]]]] = {}
+
+
+def _spellings_by_root(family: Family) -> dict[str, dict[str, list[Target]]]:
+    if family in _SPELLING_CACHE:
+        return _SPELLING_CACHE[family]
+    maps = name_maps(family)
+    unet: dict[str, list[Target]] = {}
+    for rel, t in maps.ldm.items():
+        unet.setdefault(rel.replace(".", "_"), []).append(t)
+    for diff, t in maps.unet_diffusers.items():
+        unet.setdefault(diff.replace(".", "_"), []).append(t)
+    by_root: dict[str, dict[str, list[Target]]] = {"unet": unet, "ldm": {r.replace(".", "_"): [] for r in maps.ldm}}
+    for component, names in maps.te_hf.items():
+        d: dict[str, list[Target]] = {}
+        for hf, t in names.items():
+            d.setdefault(hf.replace(".", "_"), []).append(t)
+        # The WebUI's own (OpenCLIP) spelling, e.g. lora_te_model_transformer_resblocks_0_mlp_c_fc
+        for rel, t in maps.te_native[component].items():
+            if t.param == "weight":
+                d.setdefault(rel.replace(".", "_"), []).append(t)
+        by_root[component] = d
+    _SPELLING_CACHE[family] = by_root
+    return by_root
+
+
+def _dedupe(targets: list[Target]) -> list[Target]:
+    seen: list[Target] = []
+    for t in targets:
+        if t not in seen:
+            seen.append(t)
+    return seen
+
+
+def map_prefix(prefix: str, fmt: str, family: Family) -> tuple[list[Target], str]:
+    """The targets a module prefix changes in ``family``, and the format it proved to be ("" when unmapped)."""
+    family = Family(family)
+    roots = _spellings_by_root(family)
+    ldm_spellings = roots["ldm"]
+    if fmt in (KOHYA, LYCORIS):
+        if prefix.startswith(("lora_unet_", "lycoris_", "oft_unet_")):
+            body = prefix.split("_", 2)[2] if not prefix.startswith("lycoris_") else prefix[len("lycoris_") :]
+            hit = roots["unet"].get(body)
+            if hit:
+                ldm_style = body in ldm_spellings
+                return _dedupe(hit), (KOHYA_LDM if ldm_style and fmt == KOHYA else fmt)
+            return [], ""
+        te_root = "lora_te1_" if prefix.startswith("lora_te1_") else "lora_te2_" if prefix.startswith("lora_te2_") else "lora_te_"
+        body = prefix[len(te_root) :]
+        if family is Family.SDXL:
+            component = "text_encoder_2" if te_root == "lora_te2_" else "text_encoder"
+        else:
+            component = "text_encoder" if te_root != "lora_te2_" else ""
+        hit = roots.get(component, {}).get(body)
+        return (_dedupe(hit), fmt) if hit else ([], "")
+    # dotted names
+    component, rest = _dotted_component(prefix)
+    if component == "unet":
+        t = name_maps(family).unet_diffusers.get(rest)
+        return ([t], fmt) if t else ([], "")
+    hf = name_maps(family).te_hf.get(component, {})
+    t = hf.get(rest) or (hf.get("text_model." + rest) if not rest.startswith("text_model.") else None)
+    return ([t], fmt) if t else ([], "")
+
+
+def _dotted_component(prefix: str) -> tuple[str, str]:
+    for lead in ("unet.", "text_encoder_2.", "text_encoder."):
+        if prefix.startswith(lead):
+            return lead[:-1], prefix[len(lead) :]
+    return "unet", prefix  # a bare PEFT UNet state dict
+
+
+def foreign_family(keys: Iterable[str], metadata: dict[str, str]) -> Family | None:
+    """Flux or SD3 when the keys or metadata say so (recognised, not supported)."""
+    arch = (metadata.get("modelspec.architecture", "") + " " + metadata.get("ss_base_model_version", "")).lower()
+    if "flux" in arch:
+        return Family.FLUX
+    if "stable-diffusion-v3" in arch or "sd3" in arch:
+        return Family.SD3
+    keys = list(keys)
+    if any(m in k for k in keys for m in FLUX_MARKERS):
+        return Family.FLUX
+    if any(m in k for k in keys for m in SD3_MARKERS):
+        return Family.SD3
+    return None
+
+
+def family_hint(metadata: dict[str, str]) -> Family | None:
+    """What the training metadata says the base model is, if anything."""
+    arch = metadata.get("modelspec.architecture", "").lower()
+    base = metadata.get("ss_base_model_version", "").lower()
+    text = arch + " " + base
+    if "xl" in text:
+        return Family.SDXL
+    if "v2" in text or metadata.get("ss_v2", "").lower() == "true":
+        return Family.SD2
+    if "v1" in text:
+        return Family.SD1
+    return None
