@@ -1,0 +1,256 @@
+"""lora-block-weight (LBW) compatible block weights: presets, preset files, vectors, elemental rules.
+
+Resolution follows LBW's ``loradealer``/``to26``/``ratiodealer``: a spec is a vector when it has 12, 17, 20,
+26 or 61 values, else a preset name; vector items are numbers, ``R`` (random in [0, 1), 3 decimals), ``U``
+(random in [-0.5, 1.5), 3 decimals) or ``X``/``X+d``/``X-d`` (the ``x=`` value, default 1). Short vectors are
+placed into the 26 slots by their layout and **every slot they do not name is 0** (LBW's ``to26``). Modules
+outside every block keep weight 1. A module's weight multiplies the LoRA's TE strength (BASE) or UNet strength.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .blocks import BLOCK_IDS_26, FULL_LAYOUT, LAYOUTS, VECTOR_LENGTHS, layer_name, slot_of
+from .targets import Family
+
+DEFAULT_PRESETS: dict[str, str] = {
+    "NONE": ",".join(["0"] * 17),
+    "ALL": ",".join(["1"] * 17),
+    "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
+    "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0",
+    "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
+    "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
+    "ALL0.5": ",".join(["0.5"] * 17),
+}
+DEFAULT_ELEMENTAL: dict[str, str] = {
+    "ATTNDEEPON": "IN05-OUT05:attn:1",
+    "ATTNDEEPOFF": "IN05-OUT05:attn:0",
+    "PROJDEEPOFF": "IN05-OUT05:proj:0",
+}
+
+_X_RE = re.compile(r"X([+-])?([\d.]+)?")
+
+
+@dataclass(frozen=True)
+class PresetFileProblem:
+    line: int
+    text: str
+    reason: str
+
+
+def read_presets(text: str) -> tuple[dict[str, str], list[PresetFileProblem]]:
+    """Read LBW's ``lbwpresets.txt`` (``NAME:v1,…,vn`` per line). LBW drops a line silently when it has no ``:``,
+    contains ``#`` anywhere or has a value count other than 12/17/20/26/61; we drop the same lines and say why."""
+    presets: dict[str, str] = {}
+    problems: list[PresetFileProblem] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if "#" in line:
+            if not line.lstrip().startswith("#"):
+                problems.append(PresetFileProblem(number, line, "contains '#' (LBW ignores such lines)"))
+            continue
+        if ":" not in line:
+            problems.append(PresetFileProblem(number, line, "no ':' between name and values"))
+            continue
+        name, values = line.split(":", 1)
+        count = values.count(",") + 1
+        if count not in VECTOR_LENGTHS:
+            problems.append(PresetFileProblem(number, line, f"{count} values; a preset needs 12, 17, 20, 26 or 61"))
+            continue
+        fault = vector_fault(values)
+        if fault:
+            problems.append(PresetFileProblem(number, line, fault))
+            continue
+        presets[name.strip()] = values
+    return presets, problems
+
+
+def read_elemental(text: str) -> dict[str, str]:
+    """LBW's ``elempresets.txt``: entries separated by a blank line, each ``NAME:BLOCKS:ELEMENTS:RATIO`` with more
+    ``BLOCKS:ELEMENTS:RATIO`` directives after ``,`` or a newline."""
+    out: dict[str, str] = {}
+    for entry in text.split("\n\n"):
+        if ":" in entry:
+            name, rules = entry.split(":", 1)
+            out[name.strip()] = rules
+    return out
+
+
+def vector_fault(spec: str) -> str | None:
+    """Why a comma vector cannot be used (None when it can)."""
+    for i, item in enumerate(spec.split(",")):
+        value = item.strip()
+        if value in ("R", "U") or (value.startswith("X") and _X_RE.fullmatch(value)):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            return f"value {i + 1} ({value!r}) is not a number, R, U or X"
+        if number != number or number in (float("inf"), float("-inf")):
+            return f"value {i + 1} ({value!r}) is not finite"
+    return None
+
+
+def is_vector(spec: str) -> bool:
+    return spec.count(",") + 1 in VECTOR_LENGTHS
+
+
+def spec_fault(spec: str, presets: Mapping[str, str]) -> str | None:
+    """None when ``spec`` is a known preset or a usable vector, else what is wrong."""
+    if spec in presets:
+        return None
+    if is_vector(spec):
+        return vector_fault(spec)
+    if "," in spec:
+        n = spec.count(",") + 1
+        return f"block vector has {n} values; LBW vectors have 12, 17, 20 or 26 (61 for Flux)"
+    return f"unknown block-weight preset {spec!r}"
+
+
+def _value(item: str, x: float, rng: random.Random) -> float:
+    item = item.strip()
+    if item == "R":
+        return round(rng.random(), 3)
+    if item == "U":
+        return round(rng.uniform(-0.5, 1.5), 3)
+    if item.startswith("X"):
+        m = _X_RE.search(item)
+        if m and m.group(1) == "+":
+            return x + float(m.group(2))
+        if m and m.group(1) == "-":
+            return x - float(m.group(2))
+        return x
+    return float(item)
+
+
+def vector26(spec: str, *, presets: Mapping[str, str] | None = None, x: float | None = None, seed: int = 0) -> list[float] | None:
+    """The 26-slot vector LBW uses for ``spec``, or None when the spec is neither a preset nor a vector (LBW then
+    applies every block at 1). ``seed`` makes R and U reproducible."""
+    table = {**DEFAULT_PRESETS, **(presets or {})}
+    raw = table.get(spec, spec)
+    if not is_vector(raw) or vector_fault(raw):
+        return None
+    rng = random.Random(f"{seed}:{spec}")
+    values = [_value(v, 1.0 if x is None else x, rng) for v in raw.split(",")]
+    if len(values) == 26:
+        return values
+    if len(values) == 61:
+        return None  # Flux layout: not applicable to SD models
+    out = [0.0] * 26
+    for block, value in zip(LAYOUTS[len(values)], values):
+        out[BLOCK_IDS_26.index(block)] = value
+    return out
+
+
+def _expand_blocks(text: str) -> list[str]:
+    """``IN05-OUT05 M00`` → the IDs in those ranges (LBW's ``hyphener``)."""
+    out: list[str] = []
+    for part in text.split(" "):
+        if "-" in part:
+            a, _, b = part.partition("-")
+            if a in BLOCK_IDS_26 and b in BLOCK_IDS_26:
+                i, j = sorted((BLOCK_IDS_26.index(a), BLOCK_IDS_26.index(b)))
+                out.extend(BLOCK_IDS_26[i : j + 1])
+                continue
+        out.append(part)
+    return out
+
+
+@dataclass(frozen=True)
+class ElementRule:
+    blocks: tuple[str, ...]
+    blocks_negated: bool
+    elements: tuple[str, ...]
+    elements_negated: bool
+    ratio: float
+
+
+def parse_elemental(rules: str) -> list[ElementRule]:
+    out: list[ElementRule] = []
+    for directive in rules.replace("\n", ",").split(","):
+        if directive.count(":") != 2:
+            continue
+        blocks, elements, ratio = directive.split(":")
+        try:
+            value = float(ratio)
+        except ValueError:
+            continue
+        b = _expand_blocks(blocks.strip())
+        e = elements.strip().split(" ")
+        bn = bool(b) and b[0] == "NOT"
+        en = bool(e) and e[0] == "NOT"
+        out.append(ElementRule(tuple(b[1:] if bn else b), bn, tuple(e[1:] if en else e), en, value))
+    return out
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """Resolved per-block weights for one LoRA on one family."""
+
+    family: Family
+    slots: tuple[float, ...]  # 26 values in LBW's slot order
+    elemental: tuple[ElementRule, ...] = ()
+    spec: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def vector(self) -> dict[str, float]:
+        """The full vector for the family's own layout (26 IDs for SD1/SD2, 20 for SDXL)."""
+        return {b: self.slots[BLOCK_IDS_26.index(b)] for b in FULL_LAYOUT[self.family]}
+
+    def weight_for(self, module: str) -> float:
+        slot = slot_of(module)
+        ratio = 1.0 if slot is None else self.slots[slot]
+        if self.elemental:
+            key = layer_name(module) + ("" if slot is None else BLOCK_IDS_26[slot])
+            for rule in self.elemental:
+                hit_block = any(b in key for b in rule.blocks)  # "" matches every key, as in LBW
+                if hit_block == rule.blocks_negated:
+                    continue
+                hit_elem = any(e in key for e in rule.elements)
+                if hit_elem == rule.elements_negated:
+                    continue
+                ratio = rule.ratio
+        return ratio
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.elemental and all(v == 1.0 for v in self.slots)
+
+
+def resolve_block_weights(
+    family: Family | str,
+    lbw: str | None = None,
+    *,
+    lbwe: str | None = None,
+    x: float | None = None,
+    presets: Mapping[str, str] | None = None,
+    elemental_presets: Mapping[str, str] | None = None,
+    seed: int = 0,
+) -> BlockWeights:
+    """What LBW would do for ``lbw=``/``lbwe=``/``x=`` on a LoRA of ``family``."""
+    family = Family(family)
+    notes: list[str] = []
+    slots = [1.0] * 26
+    if lbw is not None:
+        vec = vector26(lbw, presets=presets, x=x, seed=seed)
+        if vec is None:
+            notes.append(f"block weights {lbw!r} not recognised: every block at 1")
+        else:
+            slots = vec
+    rules: list[ElementRule] = []
+    if lbwe is not None:
+        table = {**DEFAULT_ELEMENTAL, **(elemental_presets or {})}
+        if lbwe in table:
+            rules = parse_elemental(table[lbwe])
+        else:
+            notes.append(f"unknown elemental preset {lbwe!r}: ignored")
+    return BlockWeights(family, tuple(slots), tuple(rules), lbw, tuple(notes))
