@@ -58,11 +58,11 @@ def test_fused_matches_the_formula_and_restores_bit_for_bit(loras) -> None:
 
 
 def test_untouched_layers_are_never_copied(loras) -> None:
-    model, modules = small_model(F)
+    _model, modules = small_model(F)
     engine = PatchEngine(modules)
     engine.apply([StackLayer(loras[0])])
     touched = {t.module for t in loras[0].modules}
-    assert {k[0] for k in engine.backups.keys()} == touched
+    assert {k[0] for k in engine.backups} == touched
     assert engine.touched_bytes() == sum(
         modules[m].weight.numel() * modules[m].weight.element_size() for m in touched
     )
@@ -153,7 +153,7 @@ def test_bad_tensor_names_the_lora_and_layer(loras) -> None:
 
 
 def test_online_matches_fused_outputs(loras) -> None:
-    model, modules = small_model(F)
+    _model, modules = small_model(F)
     stack = [StackLayer(loras[0], unet=0.8, te=0.6), StackLayer(loras[2], unet=-0.5)]
     fused = PatchEngine(modules, mode="fused")
     fused.apply(stack)
