@@ -46,6 +46,11 @@ class Adapter(ABC):
         """Whether this algorithm owns a module with these key suffixes."""
 
     @property
+    def label(self) -> str:
+        """The name shown to users (LoRA on a k×k conv shows as LoCon)."""
+        return self.algo
+
+    @property
     def rank(self) -> int | None:
         """The rank (``dim``) when the algorithm has one."""
         return None

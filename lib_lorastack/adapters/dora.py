@@ -34,6 +34,10 @@ class DoRA(Adapter):
         return any(k in suffixes for k in MAGNITUDE_KEYS)
 
     @property
+    def label(self) -> str:
+        return f"dora({self.inner.label})"
+
+    @property
     def rank(self) -> int | None:
         return self.inner.rank
 

@@ -37,6 +37,11 @@ class LoRA(Adapter):
         return self.tensors.get("lora_mid.weight")
 
     @property
+    def label(self) -> str:
+        conv_kernel = self.down.dim() == 4 and tuple(self.down.shape[2:]) != (1, 1)
+        return "locon" if conv_kernel or self.mid is not None else "lora"
+
+    @property
     def rank(self) -> int:
         return int(self.down.shape[0])
 
