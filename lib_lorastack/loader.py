@@ -88,21 +88,24 @@ def _peft_alpha(config: dict[str, dict], prefix: str, rank: int) -> float | None
     return alpha
 
 
-def _shape_fault(adapter: Adapter, target: Target, family: Family) -> str | None:
-    shape = load_table(family).shape_of(target)
+ShapeOf = Callable[[Target], "tuple[int, ...] | None"]
+
+
+def _shape_fault(adapter: Adapter, target: Target, family: Family, shape_of: ShapeOf | None = None) -> str | None:
+    shape = (shape_of or load_table(family).shape_of)(target)
     if shape is None:
         return f"the {family.value} model has no parameter {target}"
     return adapter.validate(shape)
 
 
-def _score(groups: dict[str, _Group], adapters: dict[str, Adapter], family: Family) -> int:
+def _score(groups: dict[str, _Group], adapters: dict[str, Adapter], family: Family, shape_of: ShapeOf | None) -> int:
     score = 0
     for prefix, group in groups.items():
         adapter = adapters.get(prefix)
         if adapter is None:
             continue
         targets, fmt = map_prefix(prefix, group.format, family)
-        if fmt and all(_shape_fault(adapter, t, family) is None for t in targets):
+        if fmt and all(_shape_fault(adapter, t, family, shape_of) is None for t in targets):
             score += 1
     return score
 
@@ -117,12 +120,14 @@ def parse_state_dict(
     path: str | None = None,
     strict: bool = False,
     dyn: int | None = None,
+    shape_of: ShapeOf | None = None,
 ) -> ParsedLora:
     """Map a state dict (or a key → tensor reader with its keys) onto the WebUI modules of ``family``.
 
     Module-level faults (shape mismatch, NaN/Inf, unknown key sets) drop that module and are reported in
     ``problems``/``unmatched``; with ``strict`` the first one raises its typed error instead. File-level
     faults raise: no usable key, a Flux/SD3 LoRA, or a LoRA for another base model than ``family``.
+    ``shape_of`` replaces the WebUI table's shapes (a model of the same structure but other widths).
     """
     metadata = dict(metadata or {})
     where = path or name
@@ -159,7 +164,7 @@ def parse_state_dict(
         raise NoUsableKeysError(where, "has no LoRA module key of any known format (nothing to apply)")
 
     candidates = [Family(family)] if family is not None else list(SUPPORTED)
-    scores = {f: _score(groups, adapters, f) for f in SUPPORTED}
+    scores = {f: _score(groups, adapters, f, shape_of if f == family else None) for f in SUPPORTED}
     best = max(SUPPORTED, key=lambda f: (scores[f], f == family_hint(metadata)))
     if family is None:
         chosen = best
@@ -180,7 +185,7 @@ def parse_state_dict(
             unmatched.append(UnmatchedKey(prefix, f"no layer of the {chosen.value} model has this name"))
             continue
         for target in targets:
-            fault = _shape_fault(adapter, target, chosen)
+            fault = _shape_fault(adapter, target, chosen, shape_of)
             if fault:
                 if strict:
                     raise TensorShapeError(where, f"module {prefix} → {target}: {fault}")
