@@ -46,5 +46,8 @@ class BackupStore:
     def keys(self) -> list[ParamKey]:
         return list(self._saved)
 
+    def __iter__(self):
+        return iter(list(self._saved))
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._saved.values())

@@ -3,6 +3,8 @@ and the map from WebUI target names to their modules."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -58,10 +60,8 @@ def webui_modules(family: Family, unet: torch.nn.Module, te: torch.nn.Module | N
     out: dict[str, torch.nn.Module] = {}
     maps = name_maps(family)
     for diff, target in maps.unet_diffusers.items():
-        try:
+        with contextlib.suppress(AttributeError):
             out[target.module] = unet.get_submodule(diff)
-        except AttributeError:
-            pass
     if te is not None:
         for hf, target in maps.te_hf.get("text_encoder", {}).items():
             if target.param == "weight":
