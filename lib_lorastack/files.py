@@ -51,7 +51,8 @@ class LoraFile:
         self.dtypes: dict[str, str] = {k: v["dtype"] for k, v in self.header.items()}
 
     def _read_header(self, f, head: bytes) -> dict:
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        looks_pickled = head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        if looks_pickled and not self._plausible_header(f, head):
             raise NotSafetensorsError(self.path, "is a pickled/zip PyTorch file, not safetensors; it is never unpickled")
         if len(head) < 8:
             raise CorruptFileError(self.path, f"is {len(head)} bytes long, too short for a safetensors header")
@@ -85,6 +86,16 @@ class LoraFile:
             if not 0 <= begin <= end or (end - begin) != _numel(shape) * _DTYPE_SIZES[dtype]:
                 raise CorruptFileError(self.path, f"tensor {key!r}: its byte range does not match shape {shape} {dtype}")
         return header
+
+    def _plausible_header(self, f, head: bytes) -> bool:
+        if len(head) < 8:
+            return False
+        (n,) = struct.unpack("<Q", head)
+        if n > self.size - 8:
+            return False
+        first = f.read(1)
+        f.seek(8)
+        return first == b"{"
 
     @property
     def keys(self) -> list[str]:

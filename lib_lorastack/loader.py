@@ -170,7 +170,7 @@ def parse_state_dict(
         chosen = best
     else:
         chosen = candidates[0]
-        if scores[chosen] == 0 and scores[best] > 0:
+        if best != chosen and scores[chosen] * 2 < scores[best]:  # most modules fit another family far better
             raise UnsupportedModelError(
                 where, f"is a LoRA for {best.value.upper()}, not for the {chosen.value.upper()} model in use"
             )

@@ -1,0 +1,50 @@
+"""Finding LoRAs by prompt name the way the WebUI does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lib_lorastack.catalog import LoraCatalog
+
+
+def lora(path: Path, alias: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 1)}, str(path), metadata={"ss_output_name": alias} if alias else None)
+    return path
+
+
+def test_stem_alias_subfolders_and_rescan(tmp_path: Path) -> None:
+    lora(tmp_path / "chars" / "alice_v2.safetensors", alias="Alice")
+    lora(tmp_path / "style.safetensors")
+    lora(tmp_path / ".hidden" / "secret.safetensors")
+    cat = LoraCatalog(tmp_path)
+    assert cat.find("alice_v2").path.name == "alice_v2.safetensors"
+    assert cat.find("Alice").name == "alice_v2"
+    assert cat.find("alice") is None  # case-sensitive, as the WebUI
+    assert cat.find("secret") is None
+    lora(tmp_path / "late.safetensors")
+    assert cat.find("late") is not None  # a miss rescans once
+
+
+def test_duplicate_alias_becomes_forbidden(tmp_path: Path) -> None:
+    lora(tmp_path / "a.safetensors", alias="shared")
+    lora(tmp_path / "b.safetensors", alias="shared")
+    cat = LoraCatalog(tmp_path)
+    assert "shared" in cat.forbidden_aliases
+    assert cat.find("shared") is None
+    assert cat.find("a").name == "a"
+
+
+def test_pickled_files_are_listed_with_their_fault(tmp_path: Path) -> None:
+    (tmp_path / "old.ckpt").write_bytes(b"\x80\x04.")
+    entry = LoraCatalog(tmp_path).find("old")
+    assert entry is not None and "pickled" in entry.fault
+
+
+def test_not_found_suggests_close_names(tmp_path: Path) -> None:
+    lora(tmp_path / "detail_tweaker.safetensors")
+    msg = LoraCatalog(tmp_path).not_found_message("detail_tweeker")
+    assert "LoRA not found: 'detail_tweeker'" in msg and "detail_tweaker" in msg
