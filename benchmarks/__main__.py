@@ -1,0 +1,74 @@
+"""``python -m benchmarks`` (or ``bash run.sh bench``): see benchmarks/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import torch
+
+from lib_lorastack.targets import Family
+
+from .run import FamilyResult, run_family
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def show(r: FamilyResult) -> str:
+    lines = [f"== {r.family.upper()} UNet ({r.dtype}): {r.touched_params} touched weights, {r.touched_mib:.0f} MiB"]
+    lines.append(f"   copy floor (plain copy of the touched bytes): {r.floor_ms:9.1f} ms")
+    lines.append(f"   matmul floor (the products alone, fp32):     {r.compute_floor_ms:9.1f} ms")
+    for step in ("apply", "switch", "incremental", "clear"):
+        d = r.diffusers.get(step)
+        lines.append(f"   {step:12s} ours {r.ours.get(step, float('nan')):9.1f} ms" + (f"   diffusers {d:9.1f} ms" if d else ""))
+    lines.append(f"   incremental: {r.incremental_writes} weights written (the changed LoRA has {r.incremental_expected})")
+    for k, v in r.ratios().items():
+        lines.append(f"   {k:32s} {v:6.2f}×")
+    o = r.online
+    lines.append(f"   forward of {o['layers_sampled']} layers: base {o['base_forward']:.1f} ms, fused {o['fused_forward']:.1f} ms "
+                 f"({o['fused_overhead_pct']:+.1f} %), online {o['online_forward']:.1f} ms ({o['online_overhead_pct']:+.1f} %)")
+    lines.append(f"   online: apply {o['online_apply']:.1f} ms, switch {o['online_switch']:.1f} ms (no weight written)")
+    m = r.memory
+    lines.append(f"   memory: backups {m['backup_mib']:.0f} MiB = touched {m['touched_mib']:.0f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks")
+    p.add_argument("--family", choices=["sd15", "sdxl", "both"], default="both")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="one repeat, SD1.5 only, no diffusers peer")
+    p.add_argument("--no-diffusers", action="store_true")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    families = {"sd15": [Family.SD1], "sdxl": [Family.SDXL], "both": [Family.SD1, Family.SDXL]}[args.family]
+    if args.quick:
+        families, args.repeats, args.no_diffusers = [Family.SD1], 1, True
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"machine: {machine()}")
+    results = []
+    for family in families:
+        r = run_family(family, repeats=args.repeats, dtype=dtype, with_diffusers=not args.no_diffusers, device=device)
+        print(show(r), flush=True)
+        results.append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "results": [r.__dict__ | {"ratios": r.ratios()} for r in results]}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
