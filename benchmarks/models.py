@@ -26,13 +26,16 @@ DIFFUSERS_CONFIGS = {
 }  # fmt: skip
 
 
-def unet_targets(family: Family):
-    return [t for t in targetable(family) if t.module.startswith("model.diffusion_model.") and t.module.endswith(KINDS)]
+def unet_targets(family: Family, limit: int | None = None):
+    targets = [t for t in targetable(family) if t.module.startswith("model.diffusion_model.") and t.module.endswith(KINDS)]
+    return targets[:limit]
 
 
-def make_loras(family: Family, count: int = 5, rank: int = 32, dtype=torch.float16) -> list[dict[str, torch.Tensor]]:
+def make_loras(
+    family: Family, count: int = 5, rank: int = 32, dtype=torch.float16, limit: int | None = None
+) -> list[dict[str, torch.Tensor]]:
     """``count`` kohya LoRAs (SD1: diffusers-style kohya names; SDXL: kohya's LDM names), one alpha per file."""
-    targets = unet_targets(family)
+    targets = unet_targets(family, limit)
     return [
         kohya_lora(family, targets, rank=rank, alpha=rank / 2, seed=100 + i, dtype=dtype, std=0.02) for i in range(count)
     ]

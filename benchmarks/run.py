@@ -81,9 +81,12 @@ def compute_floor(params: list[torch.Tensor], rank: int, repeats: int) -> float:
     return _median_ms(samples[1:])
 
 
-def bench_ours(family: Family, loras_sd, dtype, repeats: int, result: FamilyResult, device: str) -> None:
-    targets = {t.module for t in unet_targets(family)}
-    model = build_skeleton(family, dtype=dtype, device=device, select=lambda n: n.startswith("model.diffusion_model."))
+def bench_ours(
+    family: Family, loras_sd, dtype, repeats: int, result: FamilyResult, device: str, limit: int | None = None
+) -> None:
+    targets = {t.module for t in unet_targets(family, limit)}
+    keep = (lambda n: n in targets) if limit else (lambda n: n.startswith("model.diffusion_model."))
+    model = build_skeleton(family, dtype=dtype, device=device, select=keep)
     modules = resolve_modules(model)
     loras = [parse_state_dict(sd, family=family, name=f"lora{i}") for i, sd in enumerate(loras_sd)]
     params = [modules[m].weight for m in sorted(targets)]
@@ -176,10 +179,13 @@ def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: Famil
     gc.collect()
 
 
-def run_family(family: Family, *, repeats: int, dtype: torch.dtype, with_diffusers: bool, device: str) -> FamilyResult:
+def run_family(
+    family: Family, *, repeats: int, dtype: torch.dtype, with_diffusers: bool, device: str, limit: int | None = None
+) -> FamilyResult:
+    """``limit``: only the first N target layers (smoke tests)."""
     result = FamilyResult(family.value, str(dtype).removeprefix("torch."))
-    loras_sd = make_loras(family, dtype=dtype)
-    bench_ours(family, loras_sd, dtype, repeats, result, device)
+    loras_sd = make_loras(family, dtype=dtype, limit=limit)
+    bench_ours(family, loras_sd, dtype, repeats, result, device, limit)
     if with_diffusers:
         bench_diffusers(family, loras_sd, dtype, max(1, repeats // 2), result)
     return result

@@ -203,3 +203,27 @@ def test_schedule_enters_and_leaves_at_step_boundaries(loras) -> None:
     assert 0 < leaving.weight_writes <= n1
     assert same_bits(snapshot(model), only_first)
     assert not same_bits(both, only_first)
+
+
+def test_batched_and_single_paths_give_the_same_bits(loras) -> None:
+    from lib_lorastack.engine.device_cache import FactorCache
+    from lib_lorastack.engine.fused import batched_low_rank, low_rank_sum, new_value
+    from lib_lorastack.engine.plan import build_plan
+
+    _model, modules = small_model(F, dtype=torch.float16)
+    stack = [StackLayer(loras[0], unet=0.7), StackLayer(loras[2], unet=-0.3)]
+    plans, _ = build_plan(stack, None, modules, lambda m, p: "fused")
+    cache = FactorCache()
+    by_shape: dict[tuple, list] = {}
+    for key, plan in plans.items():
+        w0 = getattr(modules[key[0]], key[1]).detach()
+        lowrank, rest = low_rank_sum(plan.contributions, cache, torch.float32, w0.device)
+        if lowrank is not None and not rest:
+            by_shape.setdefault((tuple(w0.shape), lowrank.up.shape[1]), []).append((w0, lowrank, plan))
+    groups = [g for g in by_shape.values() if len(g) > 1]
+    assert groups
+    for group in groups:
+        batched = batched_low_rank([w for w, _, _ in group], [lr for _, lr, _ in group])
+        for (w0, _, plan), value in zip(group, batched):
+            single, _ = new_value(w0, plan.contributions, cache)
+            assert torch.equal(single.view(value.shape), value)

@@ -222,7 +222,7 @@ class PatchEngine:
                 chunk = members[i : i + per]
                 w0s = [self._pristine(key, report) for key, _ in chunk]
                 try:
-                    values = batched_low_rank(w0s, [lr for _, lr in chunk], self.compute_dtype)
+                    values = batched_low_rank(w0s, [lr for _, lr in chunk])
                 except BaseException as exc:
                     _tag(exc, plans[chunk[0][0]])
                     raise

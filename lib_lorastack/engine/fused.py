@@ -55,18 +55,18 @@ def new_value(
     contributions: Sequence[Contribution],
     cache: FactorCache,
     compute_dtype: torch.dtype = torch.float32,
-    *,
-    rounded: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The parameter's new value (its own dtype, or the compute dtype when not ``rounded``) and the bias
-    change (compute dtype) or None."""
+    """The parameter's new value in the compute dtype (the write into the parameter rounds it, once) and the
+    bias change (compute dtype) or None."""
     device = w0.device
     additive, multiplicative = canonical(contributions)
     lowrank, dense = low_rank_sum(additive, cache, compute_dtype, device)
-    w = w0.to(compute_dtype, copy=True)
     if lowrank is not None:
-        w2d = w.view(w.shape[0], -1)
-        w2d.addmm_(lowrank.up, lowrank.down)
+        # product first, then + W0: the same two steps as the batched path, so both give the same bits
+        w = (lowrank.up @ lowrank.down).view(w0.shape)
+        w.add_(w0)
+    else:
+        w = w0.to(compute_dtype, copy=True)
     bias: torch.Tensor | None = None
     for c in [*dense, *multiplicative]:
         view = w if c.target.rows is None else w[c.target.rows[0] : c.target.rows[1]]
@@ -78,15 +78,13 @@ def new_value(
                 bias = torch.zeros(rows, dtype=compute_dtype, device=device)
             part = bias if c.target.rows is None else bias[c.target.rows[0] : c.target.rows[1]]
             part.add_(update.bias.reshape(part.shape), alpha=c.strength)
-    return (w.to(w0.dtype) if rounded else w), bias
+    return w, bias
 
 
-def batched_low_rank(
-    w0s: list[torch.Tensor], lowranks: list[LowRank], compute_dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """New values of same-shaped parameters whose changes are all low-rank with the same total rank."""
-    base = torch.stack([w.reshape(w.shape[0], -1) for w in w0s]).to(compute_dtype)
-    ups = torch.stack([lr.up for lr in lowranks])
-    downs = torch.stack([lr.down for lr in lowranks])
-    base.baddbmm_(ups, downs)
-    return base.to(w0s[0].dtype)
+def batched_low_rank(w0s: list[torch.Tensor], lowranks: list[LowRank]) -> torch.Tensor:
+    """New values (compute dtype, [k, out, fan_in]) of same-shaped parameters whose changes are all low-rank
+    with the same total rank: one batched product, then each W0 added in place."""
+    values = torch.bmm(torch.stack([lr.up for lr in lowranks]), torch.stack([lr.down for lr in lowranks]))
+    for value, w0 in zip(values, w0s):
+        value.add_(w0.view(value.shape))
+    return values

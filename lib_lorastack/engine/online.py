@@ -56,7 +56,7 @@ def build_state(
     rest += multiplicative
     if rest:
         w0 = weight.detach()
-        new, bias = new_value(w0, rest, cache, compute_dtype, rounded=False)
+        new, bias = new_value(w0, rest, cache, compute_dtype)
         state.dense_weight = new - w0.to(compute_dtype)
         state.dense_bias = bias
     return state
