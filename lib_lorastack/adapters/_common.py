@@ -11,10 +11,6 @@ def scalar(t: torch.Tensor | None) -> float | None:
     return float(t.detach().float().reshape(-1)[0]) if t.numel() else None
 
 
-def to_compute(t: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
-    return t.to(device=device, dtype=dtype)
-
-
 def flat2d(t: torch.Tensor) -> torch.Tensor:
     """[a, b, …] → [a, b·…] (conv kernels folded into the second axis)."""
     return t.reshape(t.shape[0], -1)
@@ -23,12 +19,6 @@ def flat2d(t: torch.Tensor) -> torch.Tensor:
 def rebuild_tucker(core: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """CP/Tucker rebuild: ``core [p, q, k…]``, ``left [p, out]`` and ``right [q, in]`` → ``[out, in, k…]``."""
     return torch.einsum("pq...,po,qi->oi...", core, left, right)
-
-
-def check_finite(name: str, t: torch.Tensor) -> str | None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        return f"{name} has NaN or Inf values"
-    return None
 
 
 def numel_of(shape: tuple[int, ...] | torch.Size) -> int:

@@ -88,3 +88,27 @@ class Adapter(ABC):
     def validate(self, weight_shape: torch.Size | tuple[int, ...]) -> str | None:
         """A message naming the fault when the tensors cannot apply to a weight of this shape, else None."""
         return None
+
+
+class RankScaled(Adapter):
+    """Algorithms scaled by the file's ``scale``, else ``alpha / rank`` (1 when either is unknown)."""
+
+    @property
+    def alpha(self) -> float | None:
+        t = self.tensors.get("alpha")
+        return float(t.detach().float().reshape(-1)[0]) if t is not None and t.numel() else None
+
+    @property
+    def scale(self) -> float:
+        if "scale" in self.tensors:
+            return float(self.tensors["scale"].detach().float().reshape(-1)[0])
+        rank, alpha = self.rank, self.alpha
+        return alpha / rank if rank and alpha is not None else 1.0
+
+    def validate(self, weight_shape) -> str | None:
+        """Dry run on the meta device: the factors fit the layer iff the change can be computed."""
+        try:
+            self.update(torch.empty(weight_shape, device="meta"), device="meta")
+        except RuntimeError as e:
+            return f"{self.label} factors do not fit a layer of shape {tuple(weight_shape)}: {e}"
+        return None

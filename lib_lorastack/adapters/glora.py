@@ -6,11 +6,11 @@ from typing import ClassVar
 
 import torch
 
-from ._common import flat2d, rebuild_tucker, scalar
-from .base import Adapter, WeightUpdate
+from ._common import flat2d, rebuild_tucker
+from .base import RankScaled, WeightUpdate
 
 
-class GLoRA(Adapter):
+class GLoRA(RankScaled):
     algo: ClassVar[str] = "glora"
     additive: ClassVar[bool] = False
     _required = frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight"})
@@ -22,14 +22,6 @@ class GLoRA(Adapter):
     @property
     def rank(self) -> int:
         return int(self.tensors["a2.weight"].shape[0])
-
-    @property
-    def alpha(self) -> float | None:
-        return scalar(self.tensors.get("alpha"))
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank if self.alpha is not None else 1.0
 
     def update(self, weight: torch.Tensor, *, dtype=torch.float32, device=None) -> WeightUpdate:
         device = weight.device if device is None else device
@@ -43,10 +35,3 @@ class GLoRA(Adapter):
             wb = (b1 @ flat2d(b2)).reshape(base.shape)
         wa = torch.einsum("oi...,ir,rj->oj...", base, a1, a2)
         return WeightUpdate((wa + wb) * self.scale)
-
-    def validate(self, weight_shape) -> str | None:
-        try:
-            self.update(torch.empty(weight_shape, device="meta"), device="meta")
-        except RuntimeError as e:
-            return f"GLoRA factors do not fit a layer of shape {tuple(weight_shape)}: {e}"
-        return None

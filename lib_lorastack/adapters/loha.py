@@ -6,11 +6,11 @@ from typing import ClassVar
 
 import torch
 
-from ._common import flat2d, rebuild_tucker, scalar
-from .base import Adapter, WeightUpdate
+from ._common import flat2d, rebuild_tucker
+from .base import RankScaled, WeightUpdate
 
 
-class LoHa(Adapter):
+class LoHa(RankScaled):
     algo: ClassVar[str] = "loha"
     _required = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"})
     _optional = frozenset({"hada_t1", "hada_t2", "alpha", "scale"})
@@ -22,16 +22,6 @@ class LoHa(Adapter):
     @property
     def rank(self) -> int:
         return int(self.tensors["hada_w1_b"].shape[0])
-
-    @property
-    def alpha(self) -> float | None:
-        return scalar(self.tensors.get("alpha"))
-
-    @property
-    def scale(self) -> float:
-        if "scale" in self.tensors:
-            return float(scalar(self.tensors["scale"]))
-        return self.alpha / self.rank if self.alpha is not None else 1.0
 
     def _factor(self, i: int, shape, dtype, device) -> torch.Tensor:
         a = self.tensors[f"hada_w{i}_a"].to(device=device, dtype=dtype)
@@ -47,10 +37,3 @@ class LoHa(Adapter):
         shape = weight.shape
         delta = self._factor(1, shape, dtype, device) * self._factor(2, shape, dtype, device)
         return WeightUpdate(delta.reshape(shape) * self.scale)
-
-    def validate(self, weight_shape) -> str | None:
-        try:
-            self.update(torch.empty(weight_shape, device="meta"), device="meta")
-        except RuntimeError as e:
-            return f"LoHa factors do not fit a layer of shape {tuple(weight_shape)}: {e}"
-        return None

@@ -6,11 +6,11 @@ from typing import ClassVar
 
 import torch
 
-from ._common import flat2d, rebuild_tucker, scalar
-from .base import Adapter, WeightUpdate
+from ._common import flat2d, rebuild_tucker
+from .base import RankScaled, WeightUpdate
 
 
-class LoKr(Adapter):
+class LoKr(RankScaled):
     algo: ClassVar[str] = "lokr"
     _all = frozenset(
         {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha", "scale"}
@@ -28,18 +28,6 @@ class LoKr(Adapter):
             if key in self.tensors:
                 return int(self.tensors[key].shape[0])
         return None  # both factors full: no rank, alpha is ignored (scale 1), as the WebUI and LyCORIS
-
-    @property
-    def alpha(self) -> float | None:
-        return scalar(self.tensors.get("alpha"))
-
-    @property
-    def scale(self) -> float:
-        if "scale" in self.tensors:
-            return float(scalar(self.tensors["scale"]))
-        if self.rank is None or self.alpha is None:
-            return 1.0
-        return self.alpha / self.rank
 
     def _w(self, i: int, dtype, device) -> torch.Tensor:
         full = self.tensors.get(f"lokr_w{i}")
@@ -61,10 +49,3 @@ class LoKr(Adapter):
             w1 = w1.unsqueeze(-1)
         delta = torch.kron(w1, w2.contiguous())
         return WeightUpdate(delta.reshape(weight.shape) * self.scale)
-
-    def validate(self, weight_shape) -> str | None:
-        try:
-            self.update(torch.empty(weight_shape, device="meta"), device="meta")
-        except RuntimeError as e:
-            return f"LoKr factors do not fit a layer of shape {tuple(weight_shape)}: {e}"
-        return None

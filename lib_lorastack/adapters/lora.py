@@ -6,11 +6,11 @@ from typing import ClassVar
 
 import torch
 
-from ._common import flat2d, numel_of, rebuild_tucker, scalar
-from .base import Adapter, WeightUpdate
+from ._common import flat2d, numel_of, rebuild_tucker
+from .base import RankScaled, WeightUpdate
 
 
-class LoRA(Adapter):
+class LoRA(RankScaled):
     algo: ClassVar[str] = "lora"
     additive: ClassVar[bool] = True
     _required = frozenset({"lora_up.weight", "lora_down.weight"})
@@ -44,17 +44,6 @@ class LoRA(Adapter):
     @property
     def rank(self) -> int:
         return int(self.down.shape[0])
-
-    @property
-    def alpha(self) -> float | None:
-        return scalar(self.tensors.get("alpha"))
-
-    @property
-    def scale(self) -> float:
-        if "scale" in self.tensors:
-            return float(scalar(self.tensors["scale"]))
-        alpha = self.alpha
-        return alpha / self.rank if alpha is not None else 1.0
 
     def _factors(self, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         up = flat2d(self.up).to(device=device, dtype=dtype)
