@@ -227,3 +227,41 @@ def test_batched_and_single_paths_give_the_same_bits(loras) -> None:
         for (w0, _, plan), value in zip(group, batched):
             single, _ = new_value(w0, plan.contributions, cache)
             assert torch.equal(single.view(value.shape), value)
+
+
+def test_resolve_modules_drops_the_webuis_wrapped_segments() -> None:
+    from torch import nn
+
+    from lib_lorastack.engine import resolve_modules
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.wrapped = inner
+
+    te = nn.Module()
+    te.transformer = nn.Module()
+    te.transformer.embeddings = nn.Module()
+    te.transformer.embeddings.token_embedding = Wrapper(nn.Embedding(10, 4))
+    te.transformer.q_proj = nn.Linear(4, 4)
+    root = nn.Module()
+    root.cond_stage_model = Wrapper(te)
+    names = resolve_modules(root)
+    assert isinstance(names["cond_stage_model.transformer.q_proj"], nn.Linear)
+    assert isinstance(names["cond_stage_model.transformer.embeddings.token_embedding"], nn.Embedding)
+
+
+def test_auto_mode_goes_online_for_fp8_weights(loras) -> None:
+    _model, modules = small_model(F)
+    fp8 = [m for m in {t.module for t in loras[0].modules} if isinstance(modules[m], torch.nn.Linear)][:3]
+    with torch.no_grad():
+        for m in fp8:
+            modules[m].weight.data = modules[m].weight.data.to(torch.float8_e4m3fn)
+    before = {m: modules[m].weight.detach().clone() for m in fp8}
+    engine = PatchEngine(modules, mode="auto")
+    report = engine.apply([StackLayer(loras[0])])
+    patched = engine.patched()
+    assert all(patched[(m, "weight")] == "online" for m in fp8)
+    assert report.online_params == len(fp8) and report.fused_params == len(patched) - len(fp8)
+    assert all(torch.equal(modules[m].weight.view(torch.uint8), before[m].view(torch.uint8)) for m in fp8)
+    engine.clear()
