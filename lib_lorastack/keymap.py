@@ -84,6 +84,8 @@ def _spellings_by_root(family: Family) -> dict[str, dict[str, list[Target]]]:
         d: dict[str, list[Target]] = {}
         for hf, t in names.items():
             d.setdefault(hf.replace(".", "_"), []).append(t)
+            if hf.startswith("text_model."):  # transformers 5 drops the text_model level of CLIPTextModel
+                d.setdefault(hf[len("text_model.") :].replace(".", "_"), []).append(t)
         # The WebUI's own (OpenCLIP) spelling, e.g. lora_te_model_transformer_resblocks_0_mlp_c_fc
         for rel, t in maps.te_native[component].items():
             if t.param == "weight":

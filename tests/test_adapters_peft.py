@@ -65,3 +65,36 @@ def test_every_layer_equals_peft_merge(use_dora: bool) -> None:
         assert (merged[name] - base).abs().max() > 1e-3
         worst = max(worst, float((ours - merged[name]).abs().max() / merged[name].abs().max()))
     assert worst <= 1e-6, worst
+
+
+def test_peft_lora_converted_to_kohya_by_diffusers() -> None:
+    """The same PEFT LoRA through diffusers' own PEFT → kohya converter (which writes alpha = rank)."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+    unet, te = tiny_sd1_unet(0), tiny_clip(0)
+    modules = webui_modules(F, unet, te)
+    merged_all = {}
+    peft_sd = {}
+    for model, component, targets, seed in ((unet, "unet", UNET_TARGETS, 3), (te, "text_encoder", TE_TARGETS, 4)):
+        config = LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+        peft_model = inject_adapter_in_model(config, copy.deepcopy(model))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        peft_sd |= {f"{component}.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "merge") and hasattr(module, "base_layer"):
+                module.merge()
+                merged_all[f"{component}.{name}"] = module.base_layer.weight.detach().clone()
+    kohya = convert_state_dict_to_kohya(peft_sd)
+    assert all(k.startswith(("lora_unet_", "lora_te1_")) for k in kohya)
+    parsed = parse_state_dict(kohya, family=F, shape_of=shape_of_tiny(modules))
+    assert not parsed.unmatched and len(parsed.modules) == len(merged_all)
+    for target, adapter in parsed.modules.items():
+        name = diffusers_name(target, F)
+        name = name if name in merged_all else name.replace("text_model.", "")
+        base = modules[target.module].weight.detach()
+        ours = base + adapter.update(base).weight
+        assert float((ours - merged_all[name]).abs().max() / merged_all[name].abs().max()) <= 1e-6
