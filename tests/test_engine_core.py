@@ -265,3 +265,33 @@ def test_auto_mode_goes_online_for_fp8_weights(loras) -> None:
     assert report.online_params == len(fp8) and report.fused_params == len(patched) - len(fp8)
     assert all(torch.equal(modules[m].weight.view(torch.uint8), before[m].view(torch.uint8)) for m in fp8)
     engine.clear()
+
+
+def test_bias_changes_and_created_biases_are_restored() -> None:
+    from lib_lorastack.loader import parse_state_dict
+
+    model, modules = small_model(F)
+    base = snapshot(model)
+    prefix = "lora_unet_down_blocks_0_attentions_0_"
+    proj = modules["model.diffusion_model.input_blocks.1.1.proj_out"]
+    to_q = modules["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"]
+    assert to_q.bias is None
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        f"{prefix}proj_out.diff": torch.randn(proj.weight.shape, generator=g),
+        f"{prefix}proj_out.diff_b": torch.randn(proj.bias.shape, generator=g),
+        f"{prefix}transformer_blocks_0_attn1_to_q.diff": torch.randn(to_q.weight.shape, generator=g),
+        f"{prefix}transformer_blocks_0_attn1_to_q.diff_b": torch.randn(to_q.weight.shape[0], generator=g),
+    }
+    full = parse_state_dict(sd, family=F, name="full")
+    engine = PatchEngine(modules)
+    engine.apply([StackLayer(full, unet=0.5)])
+    assert torch.allclose(proj.bias, base["model.diffusion_model.input_blocks.1.1.proj_out.bias"] + 0.5 * sd[f"{prefix}proj_out.diff_b"])
+    assert to_q.bias is not None
+    assert torch.allclose(to_q.bias, 0.5 * sd[f"{prefix}transformer_blocks_0_attn1_to_q.diff_b"])
+    engine.apply([StackLayer(full, unet=-1.0)])
+    assert torch.allclose(to_q.bias, -sd[f"{prefix}transformer_blocks_0_attn1_to_q.diff_b"])
+    engine.clear()
+    assert to_q.bias is None
+    assert same_bits(snapshot(model), base)
+    assert engine.backup_bytes() == 0
