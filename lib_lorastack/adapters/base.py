@@ -89,6 +89,14 @@ class Adapter(ABC):
         """A message naming the fault when the tensors cannot apply to a weight of this shape, else None."""
         return None
 
+    def check(self, weight_shape: torch.Size | tuple[int, ...]) -> str | None:
+        """``validate``, remembered per shape (the engine asks on every apply)."""
+        memo = self.__dict__.setdefault("_checked", {})
+        key = tuple(weight_shape)
+        if key not in memo:
+            memo[key] = self.validate(key)
+        return memo[key]
+
 
 class RankScaled(Adapter):
     """Algorithms scaled by the file's ``scale``, else ``alpha / rank`` (1 when either is unknown)."""

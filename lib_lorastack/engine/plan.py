@@ -103,7 +103,7 @@ def build_plan(
             if shape is None:
                 skipped.append(Skipped(layer.lora.name, str(target), f"rows {target.rows} outside {tuple(param.shape)}"))
                 continue
-            fault = adapter.validate(shape)
+            fault = adapter.check(shape)
             if fault:
                 skipped.append(Skipped(layer.lora.name, str(target), fault))
                 continue

@@ -14,18 +14,15 @@ def format_entry(entry: StackEntry) -> str:
     parts = [entry.name, format_number(entry.te)]
     if entry.unet != entry.te:
         parts.append(format_number(entry.unet))
-    if entry.dyn is not None:
-        parts.append(f"dyn={entry.dyn}")
-    if entry.lbw is not None:
-        parts.append(f"lbw={entry.lbw}")
-    if entry.lbwe is not None:
-        parts.append(f"lbwe={entry.lbwe}")
-    if entry.x is not None:
-        parts.append(f"x={format_number(entry.x)}")
-    if entry.start is not None:
-        parts.append(f"start={entry.start}")
-    if entry.stop is not None:
-        parts.append(f"stop={entry.stop}")
+    named = (
+        ("dyn", entry.dyn, str),
+        ("lbw", entry.lbw, str),
+        ("lbwe", entry.lbwe, str),
+        ("x", entry.x, format_number),
+        ("start", entry.start, str),
+        ("stop", entry.stop, str),
+    )
+    parts += [f"{key}={fmt(value)}" for key, value, fmt in named if value is not None]
     return f"<lora:{':'.join(parts)}>"
 
 
