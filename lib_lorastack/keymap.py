@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .names import name_maps
+from .names import diffusers_to_webui, name_maps, webui_to_diffusers
 from .targets import Family, Target
 
 # Formats, as reported to users.
@@ -15,6 +15,11 @@ KOHYA_LDM = "kohya-ldm"  # lora_unet_<LDM/sgm names> (kohya's SDXL files)
 LYCORIS = "lycoris"  # lycoris_<…>
 PEFT = "diffusers-peft"  # unet.<…>.lora_A.weight, text_encoder.<…>
 DIFFUSERS_OLD = "diffusers-attn-procs"  # <…>.processor.to_q_lora.down.weight
+
+__all__ = [
+    "DIFFUSERS_OLD", "KOHYA", "KOHYA_LDM", "LYCORIS", "PEFT", "SplitKey", "diffusers_to_webui", "family_hint",
+    "foreign_family", "map_prefix", "split_key", "webui_to_diffusers",
+]  # fmt: skip
 
 _KOHYA_ROOTS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_", "oft_unet_")
 
@@ -31,7 +36,10 @@ _DOTTED_SUFFIXES = [
     (re.compile(r"\.lora_mid\.weight$"), "lora_mid.weight"),
     (re.compile(r"\.alpha$"), "alpha"),
 ]
-_OLD_PROC = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+# diffusers' attention-processor files (before PEFT): <attn>.processor.to_q_lora.down.weight, and their
+# text-encoder keys <linear>.lora_linear_layer.down.weight
+_OLD_PROC_KEY = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+_OLD_TE_KEY = re.compile(r"\.lora_linear_layer\.(down|up)\.weight$")
 _OLD_PROC_NAMES = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 
 FLUX_MARKERS = ("double_blocks", "single_blocks", "single_transformer_blocks", "txt_in", "img_in")
@@ -55,15 +63,17 @@ def split_key(key: str) -> SplitKey | None:
         fmt = LYCORIS if key.startswith("lycoris_") else KOHYA
         return SplitKey(key, prefix, suffix, fmt)
     body = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
+    m = _OLD_PROC_KEY.search(body)
+    if m:
+        prefix = body[: m.start()] + "." + _OLD_PROC_NAMES[m.group(1)]
+        return SplitKey(key, prefix, f"lora_{m.group(2)}.weight", DIFFUSERS_OLD)
+    m = _OLD_TE_KEY.search(body)
+    if m:
+        return SplitKey(key, body[: m.start()], f"lora_{m.group(1)}.weight", DIFFUSERS_OLD)
     for pattern, suffix in _DOTTED_SUFFIXES:
         m = pattern.search(body)
         if m:
-            prefix = body[: m.start()]
-            old = _OLD_PROC.search(prefix)
-            if old:
-                prefix = prefix[: old.start()] + "." + _OLD_PROC_NAMES[old.group(1)]
-                return SplitKey(key, prefix, suffix, DIFFUSERS_OLD)
-            return SplitKey(key, prefix, suffix, PEFT)
+            return SplitKey(key, body[: m.start()], suffix, PEFT)
     return None
 
 

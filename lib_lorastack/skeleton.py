@@ -25,6 +25,8 @@ def make_module(info: ModuleInfo) -> nn.Module:
     p = info.params
     if info.base == "Linear":
         out_f, in_f = p["weight"]
+        if info.type == "NonDynamicallyQuantizableLinear":  # MultiheadAttention's out_proj
+            return nn.modules.linear.NonDynamicallyQuantizableLinear(in_f, out_f, bias="bias" in p)
         return nn.Linear(in_f, out_f, bias="bias" in p)
     if info.base == "Conv2d":
         return _conv(info.name, p["weight"], "bias" in p)

@@ -295,3 +295,30 @@ def test_bias_changes_and_created_biases_are_restored() -> None:
     assert to_q.bias is None
     assert same_bits(snapshot(model), base)
     assert engine.backup_bytes() == 0
+
+
+def test_openclip_attention_is_exact_online_too() -> None:
+    """SD2's OpenCLIP: q/k/v land on in_proj_weight rows and out_proj is read by MHA directly, so both are fused
+    even in online mode; the attention output equals the formula's."""
+    from lib_lorastack.engine.online import can_go_online
+    from tests.helpers.engine_fixtures import SD2_SUBSET
+
+    _model, modules = small_model(Family.SD2, subset=SD2_SUBSET)
+    targets = [t for t in subset_targets(Family.SD2, SD2_SUBSET) if "resblocks.0.attn" in t.module]
+    assert {t.param for t in targets} == {"in_proj_weight", "weight"}
+    lora = make_lora(Family.SD2, targets, name="clip", seed=4)
+    mha = modules["cond_stage_model.model.transformer.resblocks.0.attn"]
+    assert not can_go_online(mha.out_proj, "weight")
+    x = torch.randn(2, 5, mha.embed_dim)
+    fused = PatchEngine(modules, mode="fused")
+    fused.apply([StackLayer(lora, te=0.6)])
+    y_fused = mha(x, x, x, need_weights=False)[0]
+    fused.clear()
+    online = PatchEngine(modules, mode="online")
+    report = online.apply([StackLayer(lora, te=0.6)])
+    assert report.online_params == 0 and report.fused_params == 2
+    y_online = mha(x, x, x, need_weights=False)[0]
+    online.clear()
+    y_base = mha(x, x, x, need_weights=False)[0]
+    assert (y_fused - y_base).abs().max() > 1e-3
+    assert torch.equal(y_fused, y_online)

@@ -21,7 +21,11 @@ ONLINE_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.L
 
 
 def can_go_online(module: torch.nn.Module, param: str) -> bool:
-    return isinstance(module, ONLINE_TYPES) and param == "weight" and not isinstance(module, torch.nn.MultiheadAttention)
+    # MultiheadAttention reads its out_proj weight directly and never calls out_proj's forward, so a hook there
+    # would do nothing: that Linear (a NonDynamicallyQuantizableLinear) is always fused.
+    if isinstance(module, torch.nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return False
+    return isinstance(module, ONLINE_TYPES) and param == "weight"
 
 
 @dataclass
