@@ -1,8 +1,8 @@
 """Finding LoRAs by the name typed in a prompt, as the WebUI does.
 
 Folders are scanned recursively (hidden folders skipped) in natural order; a file is known by its stem (a later
-file with the same stem replaces an earlier one) and by its alias (``ss_output_name``). An alias claimed twice, or
-the word ``none``, becomes forbidden and then only exact stems match. Lookup is case-sensitive. A miss triggers one
+file with the same stem replaces an earlier one) and by its alias (``ss_output_name``). An alias already claimed
+when its file is scanned, or the word ``none``, becomes forbidden and then only exact stems match. Lookup is case-sensitive. A miss triggers one
 rescan; the result of a failed lookup lists close names.
 """
 
@@ -29,8 +29,8 @@ class CatalogEntry:
     fault: str | None = None  # why the file cannot be used (pickled, corrupt)
 
 
-def _natural_key(path: Path) -> list:
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", str(path))]
+def _natural_key(text: str) -> list:
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text)]
 
 
 class LoraCatalog:
@@ -42,14 +42,19 @@ class LoraCatalog:
         self.rescan()
 
     def _files(self) -> list[Path]:
+        """Per folder, directories in natural order, then each directory's files in natural order (as the WebUI)."""
         found: list[Path] = []
         for folder in self.folders:
             if not folder.is_dir():
                 continue
-            for root, dirs, files in os.walk(folder, followlinks=True):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [Path(root) / f for f in files if Path(f).suffix.lower() in EXTENSIONS]
-        return sorted(found, key=_natural_key)
+            walked = [(root, dirs, files) for root, dirs, files in os.walk(folder, followlinks=True)]
+            for root, _, files in sorted(walked, key=lambda w: _natural_key(w[0])):
+                if any(part.startswith(".") for part in Path(root).relative_to(folder).parts):
+                    continue
+                for f in sorted(files, key=_natural_key):
+                    if Path(f).suffix.lower() in EXTENSIONS:
+                        found.append(Path(root) / f)
+        return found
 
     def rescan(self) -> None:
         self.entries.clear()
@@ -61,12 +66,13 @@ class LoraCatalog:
                 entry = CatalogEntry(path.stem, path, f.alias, f.metadata)
             except LoraFileError as e:
                 entry = CatalogEntry(path.stem, path, path.stem, fault=e.fault)
+            # As the WebUI, in scan order: an alias already known (as a stem or alias) becomes forbidden, and
+            # the alias of a file whose stem a later file takes over stays reachable.
+            if entry.alias in self.aliases:
+                self.forbidden_aliases.add(entry.alias.lower())
             self.entries[entry.name] = entry
-        for entry in self.entries.values():
-            for key in {entry.name, entry.alias}:
-                if key in self.aliases and self.aliases[key] is not entry:
-                    self.forbidden_aliases.add(key.lower())
-                self.aliases[key] = entry
+            self.aliases[entry.name] = entry
+            self.aliases[entry.alias] = entry
 
     def _lookup(self, name: str) -> CatalogEntry | None:
         if name.lower() in self.forbidden_aliases:

@@ -49,5 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     target, _ = COMMANDS[argv[0]]
     if isinstance(target, str):
-        return importlib.import_module(target).main(argv[1:])
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            if e.name != target:
+                raise
+            print(f"the {argv[0]!r} command is not available in this install ({target} is missing)", file=sys.stderr)
+            return 2
+        return module.main(argv[1:])
     return target(argv[1:])

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from .errors import LoraFileError
+from .files import LoraFile
 from .targets import Family, Target
 from .writers import kohya_key, kohya_lora, random_lora_factors, target_shape, targetable
 
 FAMILY = Family.SD1
 NAMES = ("example_character", "example_style", "example_detail")
+VERSION = "2"  # bump when the generated contents change: older files are rewritten
 
 
 def default_dir() -> Path:
@@ -29,7 +33,7 @@ def _meta(name: str, module: str, dim: int, alpha: float, tags: dict[str, int]) 
         "ss_network_alpha": str(alpha),
         "ss_base_model_version": "sd_v1",
         "ss_tag_frequency": json.dumps({"10_train": tags}),
-        "lorastack_example": "1",
+        "lorastack_example": VERSION,
     }
 
 
@@ -43,13 +47,16 @@ def _character() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def _style() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A LoCon: attention, feed-forward, projections and the 3×3 convs of the up path, with per-module alpha."""
+    """A LoCon: attention, feed-forward, projections and the 3×3 convs of the up path, with per-module alpha
+    (rank 8; 4 on the convs and feed-forward)."""
     keep = (".attn1.", ".attn2.", ".ff.net.", ".proj_in", ".proj_out", "output_blocks")
     targets = [t for t in targetable(FAMILY) if t.module.startswith("model.") and any(k in t.module for k in keep)]
     g = torch.Generator().manual_seed(22)
     sd: dict[str, torch.Tensor] = {}
     for i, t in enumerate(targets):
-        up, down = random_lora_factors(target_shape(t, FAMILY), 8, g, std=0.05)
+        shape = target_shape(t, FAMILY)
+        rank = 4 if (len(shape) == 4 and shape[2] > 1) or ".ff.net." in t.module else 8  # keeps the file under 10 MB
+        up, down = random_lora_factors(shape, rank, g, std=0.05)
         key = kohya_key(t, FAMILY)
         sd[f"{key}.lora_up.weight"] = up.half()
         sd[f"{key}.lora_down.weight"] = down.half()
@@ -78,6 +85,24 @@ def _detail() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 _BUILDERS = {"example_character": _character, "example_style": _style, "example_detail": _detail}
 
 
+def _current(path: Path) -> bool:
+    try:
+        return LoraFile(path).metadata.get("lorastack_example") == VERSION
+    except LoraFileError:
+        return False
+
+
+def _deterministic_bytes(sd: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    """safetensors' bytes with the metadata in sorted order (safetensors itself orders it at random)."""
+    raw = save({k: v.contiguous() for k, v in sd.items()}, metadata=meta)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    assert len(text) <= n  # same content, other order: never longer than the original
+    return raw[:8] + text.ljust(n, b" ") + raw[8 + n :]
+
+
 def ensure_examples(directory: str | Path | None = None) -> list[Path]:
     """Write the example files unless they are there already; their paths."""
     folder = Path(directory) if directory else default_dir()
@@ -85,10 +110,10 @@ def ensure_examples(directory: str | Path | None = None) -> list[Path]:
     paths = []
     for name, build in _BUILDERS.items():
         path = folder / f"{name}.safetensors"
-        if not path.is_file():
+        if not _current(path):
             sd, meta = build()
             tmp = path.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
+            tmp.write_bytes(_deterministic_bytes(sd, meta))
             os.replace(tmp, path)
         paths.append(path)
     return paths

@@ -11,7 +11,7 @@ from .errors import LoraFileError
 from .files import LoraFile
 from .hashes import file_hashes
 from .loader import load_lora
-from .targets import Family
+from .targets import UNET_PREFIX, Family, Target
 
 
 @dataclass
@@ -28,6 +28,7 @@ class FileReport:
     alpha: tuple[float, float] | None = None
     modules: dict[str, int] = field(default_factory=dict)  # model part → modules touched
     blocks: dict[str, int] = field(default_factory=dict)  # block ID → modules touched
+    ldm_blocks: dict[str, int] = field(default_factory=dict)  # input_blocks.N / middle_block / … / text encoder → modules
     trigger_words: list[str] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)
     base_model: str = ""
@@ -56,6 +57,7 @@ def inspect_file(path: str | Path, family: Family | str | None = None) -> FileRe
     report.alpha = (min(alphas), max(alphas)) if alphas else None
     report.modules = dict(Counter(t.component.value for t in parsed.modules))
     report.blocks = dict(sorted(Counter(block_id(t.module) or "other" for t in parsed.modules).items()))
+    report.ldm_blocks = _ldm_blocks(parsed.modules)
     report.trigger_words = f.trigger_words()
     hashes = file_hashes(path)
     report.hashes = {
@@ -69,6 +71,28 @@ def inspect_file(path: str | Path, family: Family | str | None = None) -> FileRe
     seen = {p.split(":")[0] for p in parsed.problems}
     report.problems += [f"{u.key}: {u.reason}" for u in parsed.unmatched if u.key not in seen and "NaN" not in u.reason]
     return report
+
+
+_TE_NAMES = {"te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2"}
+
+
+def _ldm_block(target: Target) -> str:
+    component = target.component
+    if component.is_text_encoder:
+        return _TE_NAMES[component.value]
+    parts = target.module[len(UNET_PREFIX) :].split(".")
+    return ".".join(parts[:2]) if parts[0] in ("input_blocks", "output_blocks") else parts[0]
+
+
+def _ldm_blocks(targets) -> dict[str, int]:
+    counts = Counter(_ldm_block(t) for t in targets)
+    order = {"time_embed": 0, "label_emb": 1, "input_blocks": 2, "middle_block": 3, "output_blocks": 4, "out": 5}
+
+    def key(name: str) -> tuple:
+        head, _, n = name.partition(".")
+        return (order.get(head, 6), int(n) if n.isdigit() else 0, name)
+
+    return {k: counts[k] for k in sorted(counts, key=key)}
 
 
 def _range(r) -> str:
@@ -89,6 +113,7 @@ def format_report(r: FileReport) -> str:
         f"  rank / alpha : {_range(r.rank)} / {_range(r.alpha)}",
         f"  touches      : {', '.join(f'{k} {v}' for k, v in sorted(r.modules.items()))} modules",
         f"  blocks       : {' '.join(f'{k}:{v}' for k, v in r.blocks.items())}",
+        f"  LDM blocks   : {', '.join(f'{k} {v}' for k, v in r.ldm_blocks.items())}",
         f"  triggers     : {', '.join(r.trigger_words) or '—'}",
         f"  hashes       : lora {r.hashes['lora_short']}  sha256 {r.hashes['autov2']} ({r.hashes['sha256']})",
     ]

@@ -48,3 +48,28 @@ def test_not_found_suggests_close_names(tmp_path: Path) -> None:
     lora(tmp_path / "detail_tweaker.safetensors")
     msg = LoraCatalog(tmp_path).not_found_message("detail_tweeker")
     assert "LoRA not found: 'detail_tweeker'" in msg and "detail_tweaker" in msg
+
+
+def test_scan_order_decides_duplicate_stems_as_the_webui(tmp_path: Path) -> None:
+    # Directories in natural order (root before its subfolders), files naturally sorted within each.
+    lora(tmp_path / "z_top.safetensors")
+    lora(tmp_path / "sub" / "z_top.safetensors", alias="later_alias")
+    lora(tmp_path / "sub2" / "a.safetensors", alias="first")
+    lora(tmp_path / "sub10" / "a.safetensors")
+    cat = LoraCatalog(tmp_path)
+    order = [p.relative_to(tmp_path).as_posix() for p in cat._files()]
+    assert order == ["z_top.safetensors", "sub/z_top.safetensors", "sub2/a.safetensors", "sub10/a.safetensors"]
+    assert cat.find("z_top").path.parent.name == "sub"  # the later file with the same stem wins
+    assert cat.find("a").path.parent.name == "sub10"
+    assert cat.find("first").path.parent.name == "sub2"  # an overwritten file stays reachable by its alias
+    assert cat.find("later_alias").path.parent.name == "sub"
+
+
+def test_alias_equal_to_an_earlier_stem_is_forbidden(tmp_path: Path) -> None:
+    lora(tmp_path / "1_hero.safetensors")
+    lora(tmp_path / "2_other.safetensors", alias="1_hero")
+    cat = LoraCatalog(tmp_path)
+    assert "1_hero" in cat.forbidden_aliases
+    assert cat.find("1_hero").name == "1_hero"  # only the exact stem matches a forbidden alias
+    assert cat.find("2_other").name == "2_other"
+    assert cat.find("none") is None and "none" in cat.forbidden_aliases

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from lib_lorastack.cli import main
 from lib_lorastack.examples import ensure_examples
+from lib_lorastack.files import LoraFile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +26,15 @@ def examples(tmp_path_factory) -> list[Path]:
 def test_examples_are_deterministic(examples, tmp_path: Path) -> None:
     from lib_lorastack.hashes import compute_hashes
 
-    again = ensure_examples(tmp_path)  # tensor bytes are fixed (safetensors orders the metadata freely)
-    assert [compute_hashes(p).addnet for p in again] == [compute_hashes(p).addnet for p in examples]
+    again = ensure_examples(tmp_path)
+    assert [compute_hashes(p) for p in again] == [compute_hashes(p) for p in examples]  # whole files, byte for byte
+    assert all(p.stat().st_size < 10_000_000 for p in again)
+    assert LoraFile(again[0]).metadata["ss_output_name"] == "example_character"
+    before = again[1].stat().st_mtime_ns
+    assert ensure_examples(tmp_path) == again and again[1].stat().st_mtime_ns == before  # written once
+    again[1].write_bytes(b"stale")
+    ensure_examples(tmp_path)
+    assert compute_hashes(again[1]) == compute_hashes(examples[1])  # an outdated or broken file is rewritten
 
 
 def test_inspect_examples_json(examples, capsys) -> None:
@@ -41,8 +49,11 @@ def test_inspect_examples_json(examples, capsys) -> None:
     assert len(char["hashes"]["lora_short"]) == 12
     style = by_name["example_style"]["adapters"]
     assert set(style) == {"locon", "lora"} and sum(style.values()) == 243
+    assert by_name["example_style"]["rank"] == [4, 8] and by_name["example_style"]["alpha"] == [2.0, 8.0]
     assert by_name["example_detail"]["adapters"] == {"loha": 80}
     assert set(by_name["example_detail"]["blocks"]) == {"M00", *[f"OUT{i:02d}" for i in range(3, 12)]}
+    assert list(by_name["example_detail"]["ldm_blocks"]) == ["middle_block", *[f"output_blocks.{i}" for i in range(3, 12)]]
+    assert char["ldm_blocks"]["text encoder"] == 48 and sum(char["ldm_blocks"].values()) == 176
 
 
 def test_inspect_text_and_exit_codes(examples, tmp_path: Path) -> None:
@@ -106,3 +117,11 @@ def test_inspect_a_lycoris_made_file(tmp_path: Path, capsys) -> None:
     assert report["ok"], report["error"]
     assert report["adapters"].get("loha", 0) > 0, report
     assert code in (0, 1)
+
+
+def test_cli_usage_and_missing_demo(monkeypatch, capsys) -> None:
+    assert main(["--help"]) == 0 and "inspect" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    monkeypatch.setitem(sys.modules, "lib_lorastack.demo", None)  # import of it fails as if absent
+    assert main(["demo"]) == 2
+    assert "'demo' command is not available" in capsys.readouterr().err

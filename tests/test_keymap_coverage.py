@@ -82,3 +82,20 @@ def test_openclip_partial_qkv_applies() -> None:
 def test_kohya_key_spelling_examples() -> None:
     t = [t for t in targetable(Family.SD1) if t.module.endswith("input_blocks.1.1.transformer_blocks.0.attn1.to_q")]
     assert kohya_key(t[0], Family.SD1) == "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_norm_lora_on_every_norm(family: Family) -> None:
+    table = load_table(family)
+    norms = [t for t in targetable(family, norms=True) if table.modules[t.module].base in ("GroupNorm", "LayerNorm")]
+    assert len(norms) > 20
+    sd: dict[str, torch.Tensor] = {}
+    for t in norms:
+        (width,) = table.shape_of(t)
+        key = kohya_key(t, family)
+        sd[f"{key}.w_norm"] = torch.full((width,), 0.01)
+        sd[f"{key}.b_norm"] = torch.full((width,), 0.02)
+    parsed = parse_state_dict(sd, family=family, name="norms")
+    assert not parsed.unmatched and not parsed.problems
+    assert set(parsed.modules) == set(norms)
+    assert {a.algo for a in parsed.modules.values()} == {"norm"}
