@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.targets import Family
 
 from .run import FamilyResult, run_family
 

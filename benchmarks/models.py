@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from lib_lorastack.targets import Family
-from lib_lorastack.writers import kohya_lora, targetable
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.formats.writers import kohya_lora, targetable
 
 KINDS = (".to_q", ".to_k", ".to_v", ".to_out.0", ".ff.net.0.proj", ".ff.net.2", ".proj_in", ".proj_out")
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lib_lorastack.engine import PatchEngine, StackLayer, resolve_modules
-from lib_lorastack.loader import parse_state_dict
-from lib_lorastack.skeleton import build_skeleton
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.loader import parse_state_dict
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.tools.skeleton import build_skeleton
 
 from .models import diffusers_unet, make_loras, unet_targets
 

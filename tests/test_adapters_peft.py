@@ -10,8 +10,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-from lib_lorastack.loader import parse_state_dict
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.loader import parse_state_dict
+from lib_lorastack.formats.targets import Family
 from tests.helpers.tiny_models import diffusers_name, shape_of_tiny, tiny_clip, tiny_sd1_unet, webui_modules
 
 F = Family.SD1

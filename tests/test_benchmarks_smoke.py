@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.__main__ import show
 from benchmarks.run import FamilyResult, run_family
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.targets import Family
 
 
 def test_benchmark_runs_on_a_few_layers() -> None:

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from lib_lorastack.blocks import BLOCK_IDS_12, BLOCK_IDS_17, BLOCK_IDS_20, BLOCK_IDS_26, block_id, layer_name
-from lib_lorastack.model_tables import load_table
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.model_tables import load_table
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.syntax.blocks import BLOCK_IDS_12, BLOCK_IDS_17, BLOCK_IDS_20, BLOCK_IDS_26, block_id, layer_name
 
 
 def expected_id(module: str) -> str | None:

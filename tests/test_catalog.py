@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lib_lorastack.catalog import LoraCatalog
+from lib_lorastack.stack.catalog import LoraCatalog
 
 
 def lora(path: Path, alias: str | None = None) -> Path:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lib_lorastack.catalog import LoraCatalog
-from lib_lorastack.demo import main
-from lib_lorastack.examples import ensure_examples
-from lib_lorastack.stack import resolve_request
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.stack.catalog import LoraCatalog
+from lib_lorastack.stack.resolve import resolve_request
 from lib_lorastack.syntax import parse_prompt
-from lib_lorastack.targets import Family
+from lib_lorastack.tools.demo import main
+from lib_lorastack.tools.examples import ensure_examples
 
 
 def test_demo_runs_and_verifies(tmp_path, capsys) -> None:

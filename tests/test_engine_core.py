@@ -9,7 +9,7 @@ import torch
 
 from lib_lorastack.engine import PatchEngine, StackLayer
 from lib_lorastack.errors import PatchError
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.targets import Family
 from tests.helpers.engine_fixtures import make_lora, same_bits, small_model, snapshot, subset_targets
 
 F = Family.SD1
@@ -268,7 +268,7 @@ def test_auto_mode_goes_online_for_fp8_weights(loras) -> None:
 
 
 def test_bias_changes_and_created_biases_are_restored() -> None:
-    from lib_lorastack.loader import parse_state_dict
+    from lib_lorastack.formats.loader import parse_state_dict
 
     model, modules = small_model(F)
     base = snapshot(model)

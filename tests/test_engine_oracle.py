@@ -7,12 +7,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from lib_lorastack.blocks import block_id
 from lib_lorastack.engine import PatchEngine, StackLayer
-from lib_lorastack.lbw import resolve_block_weights
-from lib_lorastack.loader import parse_state_dict
-from lib_lorastack.names import diffusers_to_webui
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.loader import parse_state_dict
+from lib_lorastack.formats.names import diffusers_to_webui
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.syntax.blocks import block_id
+from lib_lorastack.syntax.lbw import resolve_block_weights
 from tests.helpers.engine_fixtures import same_bits, snapshot
 from tests.helpers.tiny_models import shape_of_tiny, tiny_clip, tiny_sd1_unet, webui_modules
 

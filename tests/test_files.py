@@ -20,9 +20,9 @@ from lib_lorastack.errors import (
     TensorShapeError,
     UnsupportedModelError,
 )
-from lib_lorastack.files import LoraFile
-from lib_lorastack.loader import load_lora
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.files import LoraFile
+from lib_lorastack.formats.loader import load_lora
+from lib_lorastack.formats.targets import Family
 from tests.helpers.lora_writers import kohya_lora, targetable
 
 SD1_TARGETS = [t for t in targetable(Family.SD1) if "input_blocks.1.1" in t.module][:4]

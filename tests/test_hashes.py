@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lib_lorastack.hashes import HashCache, compute_hashes, lora_hash
+from lib_lorastack.formats.hashes import HashCache, compute_hashes, lora_hash
 
 
 def test_hashes_match_hashlib(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lib_lorastack.cli import main
-from lib_lorastack.examples import ensure_examples
-from lib_lorastack.files import LoraFile
+from lib_lorastack.formats.files import LoraFile
+from lib_lorastack.tools.cli import main
+from lib_lorastack.tools.examples import ensure_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def examples(tmp_path_factory) -> list[Path]:
 
 
 def test_examples_are_deterministic(examples, tmp_path: Path) -> None:
-    from lib_lorastack.hashes import compute_hashes
+    from lib_lorastack.formats.hashes import compute_hashes
 
     again = ensure_examples(tmp_path)
     assert [compute_hashes(p) for p in again] == [compute_hashes(p) for p in examples]  # whole files, byte for byte
@@ -98,8 +98,8 @@ def test_inspect_a_peft_made_file(tmp_path: Path, capsys) -> None:
 def test_inspect_a_lycoris_made_file(tmp_path: Path, capsys) -> None:
     from lycoris import create_lycoris
 
-    from lib_lorastack.model_tables import load_table
-    from lib_lorastack.skeleton import build_skeleton
+    from lib_lorastack.formats.model_tables import load_table
+    from lib_lorastack.tools.skeleton import build_skeleton
 
     # A model with the WebUI's real names and shapes (a slice of SD1.5's UNet), wrapped by lycoris' own network.
     unet = build_skeleton("sd1", dtype=torch.float32, select=lambda n: ".input_blocks.1.1.transformer_blocks" in n)
@@ -122,6 +122,6 @@ def test_inspect_a_lycoris_made_file(tmp_path: Path, capsys) -> None:
 def test_cli_usage_and_missing_demo(monkeypatch, capsys) -> None:
     assert main(["--help"]) == 0 and "inspect" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
-    monkeypatch.setitem(sys.modules, "lib_lorastack.demo", None)  # import of it fails as if absent
+    monkeypatch.setitem(sys.modules, "lib_lorastack.tools.demo", None)  # import of it fails as if absent
     assert main(["demo"]) == 2
     assert "'demo' command is not available" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib_lorastack.keymap import (
+from lib_lorastack.formats.keymap import (
     DIFFUSERS_OLD,
     KOHYA,
     KOHYA_LDM,
@@ -15,8 +15,8 @@ from lib_lorastack.keymap import (
     map_prefix,
     split_key,
 )
-from lib_lorastack.names import diffusers_to_webui, webui_to_diffusers
-from lib_lorastack.targets import Family, Target
+from lib_lorastack.formats.names import diffusers_to_webui, webui_to_diffusers
+from lib_lorastack.formats.targets import Family, Target
 
 U = "model.diffusion_model."
 
@@ -148,7 +148,7 @@ def test_sd1_up_sampler_differs_from_sdxl() -> None:
 
 @pytest.mark.parametrize("family", [Family.SD1, Family.SD2, Family.SDXL])
 def test_name_conversion_round_trips(family: Family) -> None:
-    from lib_lorastack.names import name_maps
+    from lib_lorastack.formats.names import name_maps
 
     maps = name_maps(family)
     assert len(maps.webui_to_diffusers) > 100
@@ -196,7 +196,7 @@ def test_foreign_family(keys: list[str], metadata: dict[str, str], family: Famil
 
 
 def test_keymap_reexports_the_name_conversion() -> None:
-    import lib_lorastack.keymap as keymap
+    import lib_lorastack.formats.keymap as keymap
 
     assert keymap.diffusers_to_webui is diffusers_to_webui
     assert keymap.webui_to_diffusers is webui_to_diffusers

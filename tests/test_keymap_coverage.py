@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib_lorastack.loader import parse_state_dict
-from lib_lorastack.model_tables import load_table
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.loader import parse_state_dict
+from lib_lorastack.formats.model_tables import load_table
+from lib_lorastack.formats.targets import Family
 from tests.helpers.lora_writers import kohya_key, kohya_lora, peft_lora, targetable
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "model-tables"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lib_lorastack.blocks import BLOCK_IDS_26
-from lib_lorastack.lbw import read_elemental, read_presets, resolve_block_weights
-from lib_lorastack.targets import Family
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.syntax.blocks import BLOCK_IDS_26
+from lib_lorastack.syntax.lbw import read_elemental, read_presets, resolve_block_weights
 
 
 def v26(**values: float) -> list[float]:

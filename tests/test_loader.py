@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from lib_lorastack.errors import NonFiniteError, TensorShapeError, UnsupportedModelError
-from lib_lorastack.keymap import DIFFUSERS_OLD, KOHYA, KOHYA_LDM
-from lib_lorastack.loader import load_lora, parse_state_dict
-from lib_lorastack.targets import Family, Target
+from lib_lorastack.formats.keymap import DIFFUSERS_OLD, KOHYA, KOHYA_LDM
+from lib_lorastack.formats.loader import load_lora, parse_state_dict
+from lib_lorastack.formats.targets import Family, Target
 from tests.helpers.lora_writers import kohya_key, kohya_lora, peft_lora, targetable
 
 U = "model.diffusion_model."

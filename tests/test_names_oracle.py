@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_open_clip_checkpoint
 
-from lib_lorastack.model_tables import load_table
-from lib_lorastack.names import diffusers_to_webui, unet_ldm_to_diffusers
-from lib_lorastack.targets import UNET_PREFIX, Family
+from lib_lorastack.formats.model_tables import load_table
+from lib_lorastack.formats.names import diffusers_to_webui, unet_ldm_to_diffusers
+from lib_lorastack.formats.targets import UNET_PREFIX, Family
 
 UNET_CONFIGS = {
     Family.SD1: dict(

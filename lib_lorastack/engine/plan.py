@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters.base import Adapter
-from ..lora import ParsedLora
-from ..targets import Target
+from ..formats.lora import ParsedLora
+from ..formats.targets import Target
 
 FUSED = "fused"
 ONLINE = "online"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from ..lbw import DEFAULT_PRESETS, is_vector, spec_fault
+from .lbw import DEFAULT_PRESETS, is_vector, spec_fault
 from .request import Diagnostic, StackEntry, StackRequest
 from .tags import LORA_TAGS, Arg, RawTag, find_tags, strip_tags
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from lib_lorastack.engine import resolve_modules
-from lib_lorastack.loader import parse_state_dict
-from lib_lorastack.lora import ParsedLora
-from lib_lorastack.skeleton import build_skeleton
-from lib_lorastack.targets import Family, Target
+from lib_lorastack.formats.loader import parse_state_dict
+from lib_lorastack.formats.lora import ParsedLora
+from lib_lorastack.formats.targets import Family, Target
+from lib_lorastack.tools.skeleton import build_skeleton
 from tests.helpers.lora_writers import kohya_lora, targetable
 
 SD1_SUBSET = ("input_blocks.1.", "middle_block.1.proj", "output_blocks.3.0.", "layers.0.", "input_blocks.0.0")

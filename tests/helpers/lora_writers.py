@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from lib_lorastack.targets import Family, Target
-from lib_lorastack.writers import kohya_key, kohya_lora, peft_key, random_lora_factors, target_shape, targetable
+from lib_lorastack.formats.targets import Family, Target
+from lib_lorastack.formats.writers import kohya_key, kohya_lora, peft_key, random_lora_factors, target_shape, targetable
 
 __all__ = [
     "kohya_key",

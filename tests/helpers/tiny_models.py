@@ -9,8 +9,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from lib_lorastack.names import name_maps, webui_to_diffusers
-from lib_lorastack.targets import Family, Target
+from lib_lorastack.formats.names import name_maps, webui_to_diffusers
+from lib_lorastack.formats.targets import Family, Target
 
 SD1_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16, 16),

@@ -6,12 +6,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .blocks import block_id
-from .errors import LoraFileError
-from .files import LoraFile
-from .hashes import file_hashes
-from .loader import load_lora
-from .targets import UNET_PREFIX, Family, Target
+from ..errors import LoraFileError
+from ..formats.files import LoraFile
+from ..formats.hashes import file_hashes
+from ..formats.loader import load_lora
+from ..formats.targets import UNET_PREFIX, Family, Target
+from ..syntax.blocks import block_id
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from .targets import UNET_PREFIX, Family
+from ..formats.targets import UNET_PREFIX, Family
 
 BLOCK_IDS_26 = ("BASE", *(f"IN{i:02d}" for i in range(12)), "M00", *(f"OUT{i:02d}" for i in range(12)))
 BLOCK_IDS_17 = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12)))

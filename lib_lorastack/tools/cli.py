@@ -36,7 +36,7 @@ def _inspect(argv: list[str]) -> int:
 
 COMMANDS = {
     "inspect": (_inspect, "what LoRA files contain"),
-    "demo": ("lib_lorastack.demo", "parse a prompt, load the example LoRAs, patch an SD1.5-shaped model"),
+    "demo": ("lib_lorastack.tools.demo", "parse a prompt, load the example LoRAs, patch an SD1.5-shaped model"),
 }
 
 

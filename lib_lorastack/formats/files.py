@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import CorruptFileError, NotSafetensorsError
+from ..errors import CorruptFileError, NotSafetensorsError
 
 PICKLE_EXTENSIONS = {".pt", ".ckpt", ".pth", ".bin", ".pkl"}
 _MAX_HEADER = 100 * 1024 * 1024

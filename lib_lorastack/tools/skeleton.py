@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .model_tables import ModuleInfo, load_table
-from .targets import UNET_PREFIX, Family
+from ..formats.model_tables import ModuleInfo, load_table
+from ..formats.targets import UNET_PREFIX, Family
 
 _OPENCLIP_HEADS = {1024: 16, 1280: 20}
 

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LoraFileError
-from .files import PICKLE_EXTENSIONS, LoraFile
+from ..errors import LoraFileError
+from ..formats.files import PICKLE_EXTENSIONS, LoraFile
 
 EXTENSIONS = {".safetensors", *PICKLE_EXTENSIONS}
 

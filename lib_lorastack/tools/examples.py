@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from .errors import LoraFileError
-from .files import LoraFile
-from .targets import Family, Target
-from .writers import kohya_key, kohya_lora, random_lora_factors, target_shape, targetable
+from ..errors import LoraFileError
+from ..formats.files import LoraFile
+from ..formats.targets import Family, Target
+from ..formats.writers import kohya_key, kohya_lora, random_lora_factors, target_shape, targetable
 
 FAMILY = Family.SD1
 NAMES = ("example_character", "example_style", "example_detail")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from .adapters.base import Adapter
+from ..adapters.base import Adapter
 from .targets import Family, Target
 
 _serial = itertools.count(1)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .adapters import build_adapter
-from .adapters.base import Adapter
-from .errors import NonFiniteError, NoUsableKeysError, TensorShapeError, UnsupportedModelError
+from ..adapters import build_adapter
+from ..adapters.base import Adapter
+from ..errors import NonFiniteError, NoUsableKeysError, TensorShapeError, UnsupportedModelError
 from .files import LoraFile
 from .keymap import PEFT, family_hint, foreign_family, map_prefix, split_key
 from .lora import ParsedLora, UnmatchedKey

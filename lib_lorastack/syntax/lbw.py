@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..formats.targets import Family
 from .blocks import BLOCK_IDS_26, FULL_LAYOUT, LAYOUTS, VECTOR_LENGTHS, layer_name, slot_of
-from .targets import Family
 
 DEFAULT_PRESETS: dict[str, str] = {
     "NONE": ",".join(["0"] * 17),

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..engine import StackLayer
+from ..errors import LoraFileError
+from ..formats.loader import load_lora
+from ..formats.lora import ParsedLora
+from ..formats.targets import Family
+from ..syntax import StackRequest
+from ..syntax.lbw import BlockWeights, resolve_block_weights
 from .catalog import LoraCatalog
-from .engine import StackLayer
-from .errors import LoraFileError
-from .lbw import BlockWeights, resolve_block_weights
-from .loader import load_lora
-from .lora import ParsedLora
-from .syntax import StackRequest
-from .targets import Family
 
 
 @dataclass

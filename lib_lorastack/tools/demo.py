@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from .catalog import LoraCatalog
-from .engine import PatchEngine, StackLayer, resolve_modules
+from ..engine import PatchEngine, StackLayer, resolve_modules
+from ..formats.targets import Family
+from ..stack.catalog import LoraCatalog
+from ..stack.resolve import resolve_request
+from ..syntax import format_request, parse_prompt
 from .examples import ensure_examples
 from .skeleton import build_skeleton
-from .stack import resolve_request
-from .syntax import format_request, parse_prompt
-from .targets import Family
 
 DEFAULT_PROMPT = (
     "portrait of a girl, watercolor <lora:example_character:0.8> <lora:example_style:0.6:lbw=OUTALL> "

@@ -1,0 +1,1 @@
+"""Files and formats: reading LoRA files, hashes, key maps, model tables, writers."""
