@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from lib_lorastack.formats.targets import Family
-from lib_lorastack.formats.writers import kohya_lora, targetable
+from lib_lorastack.formats.writers import kohya_key, kohya_lora, random_lora_factors, target_shape, targetable
 
 KINDS = (".to_q", ".to_k", ".to_v", ".to_out.0", ".ff.net.0.proj", ".ff.net.2", ".proj_in", ".proj_out")
 
@@ -41,7 +41,7 @@ def make_loras(
     ]
 
 
-def diffusers_unet(family: Family, dtype: torch.dtype):
+def diffusers_unet(family: Family, dtype: torch.dtype, device: str = "cpu"):
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
@@ -56,4 +56,72 @@ def diffusers_unet(family: Family, dtype: torch.dtype):
                 n = min(pool.numel(), flat.numel() - s)
                 flat[s : s + n].copy_(pool[:n])
             flat.mul_(0.02)
-    return unet.eval().requires_grad_(False)
+    return unet.eval().requires_grad_(False).to(device)
+
+
+def diffusers_step_inputs(family: Family, dtype: torch.dtype, device: str, batch: int = 2) -> dict:
+    """One UNet step at the family's native size (SD1.5 512², SDXL 1024²), batch 2 (cond + uncond)."""
+    g = torch.Generator().manual_seed(1)
+    size = 128 if family is Family.SDXL else 64
+    width = DIFFUSERS_CONFIGS[family]["cross_attention_dim"]
+    kwargs = {
+        "sample": torch.randn(batch, 4, size, size, generator=g).to(device, dtype),
+        "timestep": torch.tensor(500, device=device),
+        "encoder_hidden_states": torch.randn(batch, 77, width, generator=g).to(device, dtype),
+    }
+    if family is Family.SDXL:
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, 1280, generator=g).to(device, dtype),
+            "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch).to(device, dtype),
+        }
+    return kwargs
+
+
+def diffusers_modules(unet, family: Family, targets) -> dict[str, torch.nn.Module]:
+    """Our engine attached to a diffusers UNet: WebUI module names → the diffusers modules (the name map)."""
+    from lib_lorastack.formats.names import webui_to_diffusers
+
+    out = {}
+    for t in targets:
+        name = webui_to_diffusers(t, family)
+        if name and name.startswith("unet."):
+            out[t.module] = unet.get_submodule(name.removeprefix("unet."))
+    return out
+
+
+def realistic_loras(family: Family, dtype=torch.float16) -> dict[str, dict[str, torch.Tensor]]:
+    """A stack as people use it: an attention-only LoRA (rank 16), a LoCon (attention, feed-forward, projections
+    and the 3×3 convs, rank 8/4), a LoHa (attention of the middle and output blocks, rank 4) and a DoRA (attention,
+    rank 8)."""
+    unet = [t for t in targetable(family) if t.module.startswith("model.diffusion_model.")]
+    attention = [t for t in unet if ".attn1." in t.module or ".attn2." in t.module]
+    g = torch.Generator().manual_seed(7)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    out["attention_r16"] = kohya_lora(family, attention, rank=16, alpha=8, seed=201, dtype=dtype, std=0.02)
+    locon_targets = [t for t in unet if t.module.endswith(KINDS) or (len(target_shape(t, family)) == 4 and target_shape(t, family)[2] == 3)]
+    locon: dict[str, torch.Tensor] = {}
+    for t in locon_targets:
+        shape = target_shape(t, family)
+        rank = 4 if len(shape) == 4 and shape[2] > 1 else 8
+        up, down = random_lora_factors(shape, rank, g, std=0.02)
+        key = kohya_key(t, family)
+        locon.update({f"{key}.lora_up.weight": up.to(dtype), f"{key}.lora_down.weight": down.to(dtype), f"{key}.alpha": torch.tensor(float(rank))})
+    out["locon"] = locon
+    loha: dict[str, torch.Tensor] = {}
+    for t in attention:
+        if ".middle_block." not in t.module and ".output_blocks." not in t.module:
+            continue
+        o, i = target_shape(t, family)[:2]
+        key = kohya_key(t, family)
+        for n in (1, 2):
+            loha[f"{key}.hada_w{n}_a"] = (torch.randn(o, 4, generator=g) * 0.05).to(dtype)
+            loha[f"{key}.hada_w{n}_b"] = (torch.randn(4, i, generator=g) * 0.05).to(dtype)
+        loha[f"{key}.alpha"] = torch.tensor(2.0)
+    out["loha"] = loha
+    dora = kohya_lora(family, attention, rank=8, alpha=8, seed=202, dtype=dtype, std=0.02)
+    for t in attention:
+        key = kohya_key(t, family)
+        fan_in = target_shape(t, family)[1]
+        dora[f"{key}.dora_scale"] = (0.5 + torch.rand(1, fan_in, generator=g)).to(dtype)  # column magnitudes
+    out["dora"] = dora
+    return out

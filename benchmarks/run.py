@@ -1,4 +1,5 @@
-"""The benchmark runs: switch, incremental change, online overhead, memory; ours vs diffusers vs a plain copy."""
+"""The benchmark runs: switch, incremental change, clear, online overhead, memory; ours vs diffusers vs the floors
+(a plain copy of the touched bytes, the products alone, and on a GPU the host→device copy of the touched bytes)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,27 @@ from lib_lorastack.formats.loader import parse_state_dict
 from lib_lorastack.formats.targets import Family
 from lib_lorastack.tools.skeleton import build_skeleton
 
-from .models import diffusers_unet, make_loras, unet_targets
+from .models import diffusers_modules, diffusers_step_inputs, diffusers_unet, make_loras, realistic_loras, unet_targets
 
 
 @dataclass
 class FamilyResult:
     family: str
     dtype: str
+    device: str = "cpu"
     touched_params: int = 0
     touched_mib: float = 0.0
     floor_ms: float = 0.0  # plain copy of the touched weights' bytes
-    compute_floor_ms: float = 0.0  # the matrix products alone (same shapes and ranks, one batched product per shape)
+    compute_floor_ms: float = 0.0  # the products alone (fp32, one per weight, same shapes and ranks)
+    h2d_floor_ms: float = 0.0  # the touched bytes from pinned CPU memory to the GPU
     ours: dict[str, float] = field(default_factory=dict)  # ms
+    ours_cpu_backups: dict[str, float] = field(default_factory=dict)  # ms, backups in (pinned) CPU memory
     diffusers: dict[str, float] = field(default_factory=dict)  # ms
+    realistic: dict[str, float] = field(default_factory=dict)  # ms, the mixed stack (LoRA, LoCon, LoHa, DoRA)
     incremental_writes: int = 0
     incremental_expected: int = 0
     online: dict[str, float] = field(default_factory=dict)
+    step: dict[str, float] = field(default_factory=dict)  # a whole diffusers UNet step with our engine attached
     memory: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -44,6 +50,10 @@ class FamilyResult:
             out["diffusers_switch / ours_switch"] = self.diffusers["switch"] / self.ours["switch"]
         if "apply" in self.diffusers and "apply" in self.ours:
             out["diffusers_apply / ours_apply"] = self.diffusers["apply"] / self.ours["apply"]
+        if self.floor_ms and "clear" in self.ours:
+            out["ours_clear / copy_floor"] = self.ours["clear"] / self.floor_ms
+        if self.h2d_floor_ms and "switch" in self.ours_cpu_backups:
+            out["ours_switch, CPU backups / h2d_floor"] = self.ours_cpu_backups["switch"] / self.h2d_floor_ms
         return out
 
 
@@ -51,34 +61,67 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
+def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def _timed(fn) -> float:
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
     return time.perf_counter() - start
+
+
+def _host_and_total(fn) -> tuple[float, float]:
+    """Seconds until ``fn`` returns (the host's work) and until the device is done."""
+    _sync()
+    start = time.perf_counter()
+    fn()
+    host = time.perf_counter() - start
+    _sync()
+    return host, time.perf_counter() - start
 
 
 def copy_floor(params: list[torch.Tensor], repeats: int) -> float:
     sources = [p.detach().clone() for p in params]
-    samples = []
-    for _ in range(repeats + 1):
-        samples.append(_timed(lambda: [p.data.copy_(s) for p, s in zip(params, sources)]))
+    samples = [_timed(lambda: [p.data.copy_(s) for p, s in zip(params, sources)]) for _ in range(repeats + 1)]
+    return _median_ms(samples[1:])
+
+
+def h2d_floor(params: list[torch.Tensor], repeats: int) -> float:
+    """The touched bytes from pinned CPU memory into the weights: what a switch with CPU backups must move."""
+    sources = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True).copy_(p.detach()) for p in params]
+    samples = [_timed(lambda: [p.data.copy_(s, non_blocking=True) for p, s in zip(params, sources)]) for _ in range(repeats + 1)]
     return _median_ms(samples[1:])
 
 
 def compute_floor(params: list[torch.Tensor], rank: int, repeats: int) -> float:
-    """The products Σ up_i·down_i alone, fp32, batched per shape: what any exact fused patch must compute."""
-    by_shape: dict[tuple, list[torch.Tensor]] = {}
-    for p in params:
-        by_shape.setdefault(tuple(p.shape), []).append(p)
-    work = []
-    for shape, group in by_shape.items():
-        out, fan_in = shape[0], group[0][0].numel()
-        k = len(group)
-        work.append((torch.randn(k, out, rank, device=group[0].device), torch.randn(k, rank, fan_in, device=group[0].device)))
-    samples = [_timed(lambda: [torch.bmm(u, d) for u, d in work]) for _ in range(repeats + 1)]
+    """The products Σ up_i·down_i alone, fp32, one product per weight: what any exact fused patch must compute."""
+    work = [
+        (torch.randn(p.shape[0], rank, device=p.device), torch.randn(rank, p[0].numel(), device=p.device)) for p in params
+    ]
+    samples = [_timed(lambda: [torch.mm(u, d) for u, d in work]) for _ in range(repeats + 1)]
     return _median_ms(samples[1:])
+
+
+def _cycle(engine: PatchEngine, stack_a, stack_b, changed, repeats: int) -> dict[str, float]:
+    """apply from clean; the first switch after it (on a GPU: where a CUDA graph is captured); then switches back
+    and forth, as when a user tweaks strengths (the figure called "switch"); one LoRA's strength; clear."""
+    apply, first, switch, clear, incr, host = [], [], [], [], [], []
+    for _ in range(repeats):
+        apply.append(_timed(lambda: engine.apply(stack_a)))
+        first.append(_timed(lambda: engine.apply(stack_b)))
+        for stack in (stack_a, stack_b, stack_a, stack_b):
+            h, t = _host_and_total(lambda s=stack: engine.apply(s))
+            switch.append(t)
+            host.append(h)
+        incr.append(_timed(lambda: engine.apply(changed)))
+        engine.apply(stack_b)
+        clear.append(_timed(engine.clear))
+    return {"apply": _median_ms(apply), "switch": _median_ms(switch), "first_switch": _median_ms(first),
+            "incremental": _median_ms(incr), "clear": _median_ms(clear), "switch_host": _median_ms(host)}  # fmt: skip
 
 
 def bench_ours(
@@ -94,28 +137,32 @@ def bench_ours(
     result.touched_mib = sum(p.numel() * p.element_size() for p in params) / 2**20
     result.floor_ms = copy_floor(params, repeats)
     result.compute_floor_ms = compute_floor(params, 32 * len(loras), repeats)
+    if device != "cpu":
+        result.h2d_floor_ms = h2d_floor(params, repeats)
 
     stack_a = [StackLayer(lora, unet=0.4 + 0.1 * i) for i, lora in enumerate(loras)]
     stack_b = [StackLayer(lora, unet=0.9 - 0.1 * i) for i, lora in enumerate(loras)]
-    engine = PatchEngine(modules, backup_device="device" if device != "cpu" else "cpu")
-    engine.apply(stack_a)  # warm-up: factors onto the device, allocator warm
+    changed = [*stack_b[:2], StackLayer(loras[2], unet=0.123), *stack_b[3:]]
+    engine = PatchEngine(modules)
+    engine.apply(stack_a)  # warm-up: factors and programs onto the device, allocator warm
+    engine.apply(stack_b)
     engine.clear()
-    apply, switch, clear, incr = [], [], [], []
-    for _ in range(repeats):
-        apply.append(_timed(lambda: engine.apply(stack_a)))
-        switch.append(_timed(lambda: engine.apply(stack_b)))
-        changed = [*stack_b[:2], StackLayer(loras[2], unet=0.123), *stack_b[3:]]
-        t = time.perf_counter()
-        report = engine.apply(changed)
-        incr.append(time.perf_counter() - t)
-        engine.apply(stack_b)
-        result.memory["backup_mib"] = engine.backup_bytes() / 2**20
-        result.memory["touched_mib"] = engine.touched_bytes() / 2**20
-        clear.append(_timed(engine.clear))
+    result.ours = _cycle(engine, stack_a, stack_b, changed, repeats)
+    engine.apply(stack_b)
+    report = engine.apply(changed)
     result.incremental_writes = report.weight_writes
     result.incremental_expected = len(loras[2].modules)
-    result.ours = {"apply": _median_ms(apply), "switch": _median_ms(switch), "incremental": _median_ms(incr),
-                   "clear": _median_ms(clear)}  # fmt: skip
+    result.memory["backup_mib"] = engine.backup_bytes() / 2**20
+    result.memory["touched_mib"] = engine.touched_bytes() / 2**20
+    engine.clear()
+    if device != "cpu":
+        result.notes.append(f"CUDA graphs: {engine.graphs.captures} captured, {engine.graphs.replays} replayed"
+                            + (f"; capture failed: {engine.graphs.failures[0]}" if engine.graphs.failures else ""))
+        cpu_engine = PatchEngine(modules, backup_device="cpu")
+        cpu_engine.apply(stack_a)
+        cpu_engine.apply(stack_b)
+        cpu_engine.clear()
+        result.ours_cpu_backups = _cycle(cpu_engine, stack_a, stack_b, changed, repeats)
 
     # Online vs fused vs base forward, on a sample of touched Linear layers with 1024 tokens.
     sample = [m for m in sorted(targets) if isinstance(modules[m], torch.nn.Linear)][::8]
@@ -128,28 +175,81 @@ def bench_ours(
 
     def forward_ms() -> float:
         forward()
-        return _median_ms([_timed(forward) for _ in range(max(3, repeats))])
+        return _median_ms([_timed(forward) for _ in range(max(5, repeats))])
 
     base = forward_ms()
     engine.apply(stack_a)
     fused = forward_ms()
     engine.clear()
     online_engine = PatchEngine(modules, mode="online")
-    online_apply = _timed(lambda: online_engine.apply(stack_a)) * 1000
+    online_engine.apply(stack_a)  # factors into the cache
+    online_engine.clear()
+    online_apply = _median_ms([_timed(lambda: (online_engine.clear(), online_engine.apply(stack_a))) for _ in range(3)])
     online = forward_ms()
-    online_switch = _timed(lambda: online_engine.apply(stack_b)) * 1000
+    online_switch = _median_ms([_timed(lambda s=s: online_engine.apply(s)) for s in (stack_b, stack_a, stack_b)])
     online_engine.clear()
     result.online = {"base_forward": base, "fused_forward": fused, "online_forward": online,
                      "fused_overhead_pct": 100 * (fused - base) / base, "online_overhead_pct": 100 * (online - base) / base,
                      "online_apply": online_apply, "online_switch": online_switch, "layers_sampled": len(sample)}  # fmt: skip
     result.memory["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device != "cpu":
+        result.memory["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     gc.collect()
 
 
-def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: FamilyResult) -> None:
+def bench_realistic(family: Family, dtype, repeats: int, result: FamilyResult, device: str) -> None:
+    """The mixed stack (attention LoRA, LoCon, LoHa, DoRA): apply, switch, clear."""
+    files = realistic_loras(family, dtype)
+    loras = [parse_state_dict(sd, family=family, name=name) for name, sd in files.items()]
+    touched = {t.module for lora in loras for t in lora.modules}
+    model = build_skeleton(family, dtype=dtype, device=device, select=lambda n: n in touched)
+    engine = PatchEngine(resolve_modules(model))
+    stack_a = [StackLayer(lora, unet=0.5 + 0.1 * i) for i, lora in enumerate(loras)]
+    stack_b = [StackLayer(lora, unet=0.8 - 0.1 * i) for i, lora in enumerate(loras)]
+    engine.apply(stack_a)
+    engine.clear()
+    apply, switch, clear = [], [], []
+    for _ in range(repeats):
+        apply.append(_timed(lambda: engine.apply(stack_a)))
+        switch.append(_timed(lambda: engine.apply(stack_b)))
+        clear.append(_timed(engine.clear))
+    result.realistic = {"apply": _median_ms(apply), "switch": _median_ms(switch), "clear": _median_ms(clear),
+                        "weights": float(len(engine.patched()) or len(touched))}  # fmt: skip
+    gc.collect()
+
+
+def bench_step(family: Family, loras_sd, dtype, unet, device: str, repeats: int, result: FamilyResult) -> None:
+    """A whole diffusers UNet step (real config) with no LoRA, with our engine online, and fused."""
+    loras = [parse_state_dict(sd, family=family, name=f"lora{i}") for i, sd in enumerate(loras_sd)]
+    modules = diffusers_modules(unet, family, unet_targets(family))
+    inputs = diffusers_step_inputs(family, dtype, device)
+    stack = [StackLayer(lora, unet=0.4 + 0.1 * i) for i, lora in enumerate(loras)]
+
+    def step_ms() -> float:
+        with torch.no_grad():
+            unet(**inputs)
+            return _median_ms([_timed(lambda: unet(**inputs)) for _ in range(max(7, repeats))])
+
+    with torch.no_grad():  # bring the clocks up before the first figure
+        for _ in range(10):
+            unet(**inputs)
+    base = step_ms()
+    online_engine = PatchEngine(modules, mode="online")
+    online_engine.apply(stack)
+    online = step_ms()
+    online_engine.clear()
+    fused_engine = PatchEngine(modules)
+    fused_engine.apply(stack)
+    fused = step_ms()
+    fused_engine.clear()
+    base = (base + step_ms()) / 2  # before and after, against drift
+    result.step = {"base": base, "online": online, "fused": fused, "online_pct": 100 * (online - base) / base,
+                   "fused_pct": 100 * (fused - base) / base, "layers": float(len(modules))}  # fmt: skip
+
+
+def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: FamilyResult, unet) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    unet = diffusers_unet(family, dtype)
     if family is Family.SDXL:
         pipe = StableDiffusionXLPipeline(vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
                                          unet=unet, scheduler=None)  # fmt: skip
@@ -180,12 +280,35 @@ def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: Famil
 
 
 def run_family(
-    family: Family, *, repeats: int, dtype: torch.dtype, with_diffusers: bool, device: str, limit: int | None = None
+    family: Family,
+    *,
+    repeats: int,
+    dtype: torch.dtype,
+    with_diffusers: bool,
+    device: str,
+    limit: int | None = None,
+    realistic: bool = True,
+    step: bool | None = None,
 ) -> FamilyResult:
-    """``limit``: only the first N target layers (smoke tests)."""
-    result = FamilyResult(family.value, str(dtype).removeprefix("torch."))
+    """``limit``: only the first N target layers (smoke tests). ``step``: measure a whole diffusers UNet step
+    (default: on a GPU only)."""
+    result = FamilyResult(family.value, str(dtype).removeprefix("torch."), device)
     loras_sd = make_loras(family, dtype=dtype, limit=limit)
     bench_ours(family, loras_sd, dtype, repeats, result, device, limit)
-    if with_diffusers:
-        bench_diffusers(family, loras_sd, dtype, max(1, repeats // 2), result)
+    if realistic and limit is None:
+        bench_realistic(family, dtype, repeats, result, device)
+    step = device != "cpu" if step is None else step
+    if with_diffusers or step:
+        try:
+            unet = diffusers_unet(family, dtype, device)
+            if step:
+                bench_step(family, loras_sd, dtype, unet, device, repeats, result)
+            if with_diffusers:
+                bench_diffusers(family, loras_sd, dtype, max(1, repeats // 2), result, unet)
+        except Exception as exc:  # the peer's failure must not lose our own figures
+            result.notes.append(f"diffusers part failed: {type(exc).__name__}: {exc}"[:400])
+        unet = None
+        gc.collect()
+        if device != "cpu":
+            torch.cuda.empty_cache()
     return result

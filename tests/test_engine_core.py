@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -176,7 +177,7 @@ def test_online_matches_fused_outputs(loras) -> None:
         y = modules[name](x)
         assert (y - outputs[name]).abs().max() <= 1e-5 * outputs[name].abs().max(), name
     online.clear()
-    assert all(not m._forward_hooks for m in modules.values())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in modules.values())
 
 
 def test_context_manager_restores_on_exit(loras) -> None:
@@ -205,28 +206,125 @@ def test_schedule_enters_and_leaves_at_step_boundaries(loras) -> None:
     assert not same_bits(both, only_first)
 
 
-def test_batched_and_single_paths_give_the_same_bits(loras) -> None:
-    from lib_lorastack.engine.device_cache import FactorCache
-    from lib_lorastack.engine.fused import batched_low_rank, low_rank_sum, new_value
-    from lib_lorastack.engine.plan import build_plan
+def test_a_weights_bits_do_not_depend_on_grouping_order_or_path(loras, monkeypatch) -> None:
+    """One per-weight function computes every fused value: from scratch, incrementally, in another stack order,
+    one weight at a time, and in the rollback of a failed apply, a weight gets the same bits."""
+    import lib_lorastack.engine.engine as engine_module
 
-    _model, modules = small_model(F, dtype=torch.float16)
-    stack = [StackLayer(loras[0], unet=0.7), StackLayer(loras[2], unet=-0.3)]
-    plans, _ = build_plan(stack, None, modules, lambda m, p: "fused")
-    cache = FactorCache()
-    by_shape: dict[tuple, list] = {}
-    for key, plan in plans.items():
-        w0 = getattr(modules[key[0]], key[1]).detach()
-        lowrank, rest = low_rank_sum(plan.contributions, cache, torch.float32, w0.device)
-        if lowrank is not None and not rest:
-            by_shape.setdefault((tuple(w0.shape), lowrank.up.shape[1]), []).append((w0, lowrank, plan))
-    groups = [g for g in by_shape.values() if len(g) > 1]
-    assert groups
-    for group in groups:
-        batched = batched_low_rank([w for w, _, _ in group], [lr for _, lr, _ in group])
-        for (w0, _, plan), value in zip(group, batched):
-            single, _ = new_value(w0, plan.contributions, cache)
-            assert torch.equal(single.view(value.shape), value)
+    calls: list[tuple[str, str]] = []
+    real = engine_module.write_fused
+
+    def spy(param, w0, program, plan, scale, **kw):
+        calls.append(plan.key)
+        return real(param, w0, program, plan, scale, **kw)
+
+    monkeypatch.setattr(engine_module, "write_fused", spy)
+    model, modules = small_model(F, dtype=torch.float16)
+    full = [StackLayer(loras[0], unet=0.7), StackLayer(loras[1], te=0.3, unet=-0.4), StackLayer(loras[2], unet=1.2)]
+    engine = PatchEngine(modules)
+    engine.apply(full)
+    scratch = snapshot(model)
+    engine.clear()
+    for n in range(1, len(full) + 1):  # grown one LoRA at a time
+        engine.apply(full[:n])
+    assert same_bits(snapshot(model), scratch)
+    engine.apply(list(reversed(full)))
+    assert same_bits(snapshot(model), scratch)
+    for key, plan in engine._applied.items():  # one weight alone, through the public single-weight path
+        engine.write_one(key, plan)
+    assert same_bits(snapshot(model), scratch)
+    calls.clear()
+    engine._fail_after_writes = 7
+    with pytest.raises(PatchError):
+        engine.apply([StackLayer(loras[3]), *full[:2]])
+    assert same_bits(snapshot(model), scratch)
+    rolled_back = {k for k in calls}
+    assert len(rolled_back) >= 7  # the writes before the fault and their rollback all went through write_fused
+    engine.clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_split_products_are_exact_to_fp32_accuracy(dtype) -> None:
+    """The GPU's split path: the scaled up factor as fp16 hi + lo (bf16: hi + mid + lo) times the repeated down
+    factor loses nothing an fp32 product keeps. Emulated here in float64 on the split parts."""
+    from lib_lorastack.engine.fused import SPLIT_PARTS, split_operand, split_rows
+
+    g = torch.Generator().manual_seed(0)
+    for out, rank, fan_in in ((320, 32, 320), (1280, 160, 640)):
+        up_t = ((torch.randn(rank, out, generator=g) * 0.02).to(dtype).float() * 0.5)  # file values × alpha/rank
+        down = (torch.randn(rank, fan_in, generator=g) * 0.02).to(dtype)
+        scale = torch.rand(rank, generator=g) * 3 - 1
+        exponent = math.floor(math.log2(1024 / up_t.abs().max().item())) if dtype is torch.float16 else 0
+        split = split_rows(up_t * (scale * 2.0**exponent).view(-1, 1), dtype)
+        operand = split_operand(split, 0, rank)
+        emulated = (operand.double() @ down.repeat_interleave(SPLIT_PARTS[dtype], 0).double()) * 2.0**-exponent
+        exact = (up_t.double() * scale.double().view(-1, 1)).t() @ down.double()
+        fp32 = (up_t * scale.view(-1, 1)).t() @ down.float()
+        err_split = ((emulated - exact).norm() / exact.norm()).item()
+        err_fp32 = ((fp32.double() - exact).norm() / exact.norm()).item()
+        assert err_split < 1e-6 and err_split < 4 * err_fp32 + 1e-9, (err_split, err_fp32)
+
+
+def test_a_weights_split_operand_does_not_depend_on_its_group() -> None:
+    """Prepared with other weights or alone, a weight's split operand has the same values, shape and strides (so
+    the GPU runs the same GEMM for it)."""
+    from lib_lorastack.engine.fused import WeightProgram, prepare_split
+
+    g = torch.Generator().manual_seed(1)
+
+    def program(rank: int) -> WeightProgram:
+        p = WeightProgram(("m", "weight"), (), torch.Size([320, 64]), torch.device("cpu"), [0], [rank], [])
+        p.up_t = (torch.randn(rank, 320, generator=g) * 0.02).half().float()
+        return p
+
+    programs = [program(8), program(16), program(4)]
+    scales = [torch.rand(p.rank, generator=g) for p in programs]
+    together = prepare_split(programs, torch.cat(scales), torch.float16)
+    for p, s, op in zip(programs, scales, together):
+        alone = prepare_split([p], s, torch.float16)[0]
+        assert torch.equal(op, alone) and op.shape == alone.shape and op.stride() == alone.stride()
+
+
+def test_per_sample_strengths_equal_separate_runs(loras) -> None:
+    """One batch, two images, different strengths: each row equals that image's stack applied alone."""
+    _model, modules = small_model(F)
+    name = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
+    conv = "model.diffusion_model.input_blocks.1.1.proj_in"
+    a = [StackLayer(loras[0], unet=0.8), StackLayer(loras[2], unet=-0.5)]
+    b = [StackLayer(loras[0], unet=0.1)]
+    x = torch.randn(2, 7, modules[name].in_features)
+    xc = torch.randn(2, modules[conv].in_channels, 4, 4)
+    engine = PatchEngine(modules, mode="online")
+    want = []
+    for stack in (a, b):
+        engine.apply(stack)
+        want.append((modules[name](x), modules[conv](xc)))
+    engine.clear()
+    engine.apply_per_sample([a, b])
+    got, gotc = modules[name](x), modules[conv](xc)
+    for i in range(2):
+        assert torch.allclose(got[i], want[i][0][i], atol=1e-5), i
+        assert torch.allclose(gotc[i], want[i][1][i], atol=1e-5), i
+    # cond + uncond: twice the rows, the scales repeat
+    twice = modules[name](torch.cat([x, x]))
+    assert torch.allclose(twice[2], want[0][0][0], atol=1e-5)
+    engine.clear()
+    assert all("forward" not in m.__dict__ for m in modules.values())
+
+
+def test_per_sample_strengths_on_fused_only_layers_must_agree() -> None:
+    from tests.helpers.engine_fixtures import SD2_SUBSET
+
+    _model, modules = small_model(Family.SD2, subset=SD2_SUBSET)
+    targets = [t for t in subset_targets(Family.SD2, SD2_SUBSET) if "resblocks.0.attn" in t.module]
+    lora = make_lora(Family.SD2, targets, name="clip", seed=4)
+    engine = PatchEngine(modules, mode="online")
+    with pytest.raises(PatchError, match="only be fused"):
+        engine.apply_per_sample([[StackLayer(lora, te=0.2)], [StackLayer(lora, te=0.9)]])
+    assert not engine.patched()
+    report = engine.apply_per_sample([[StackLayer(lora, te=0.5)], [StackLayer(lora, te=0.5)]])
+    assert report.fused_params == 2
+    engine.clear()
 
 
 def test_resolve_modules_drops_the_webuis_wrapped_segments() -> None:
@@ -322,3 +420,77 @@ def test_openclip_attention_is_exact_online_too() -> None:
     y_base = mha(x, x, x, need_weights=False)[0]
     assert (y_fused - y_base).abs().max() > 1e-3
     assert torch.equal(y_fused, y_online)
+
+
+def test_split_path_end_to_end_on_the_cpu(loras, monkeypatch) -> None:
+    """The GPU's split path (grouped operands, one half-precision product per weight) forced on the CPU: right values, and the same
+    bits from scratch, incrementally and after a rollback."""
+    import lib_lorastack.engine.batch as batch_module
+    import lib_lorastack.engine.engine as engine_module
+    from lib_lorastack.engine import fused
+
+    def forced(program, strengths, param, half_products):
+        if program.up_t is not None and program.half_dtype is not None:
+            return fused.SPLIT
+        return fused.FP32
+
+    monkeypatch.setattr(engine_module, "choose_path", forced)
+    monkeypatch.setattr(fused, "half_product", lambda a, b: a.float() @ b.float())  # the CPU has no mm(out_dtype=)
+    monkeypatch.setattr(batch_module, "CHUNK_BYTES", 1 << 16)  # many chunks
+    half = [make_lora(F, subset_targets(F)[i::2], name=f"half{i}", seed=20 + i, rank=3 + i, alpha=2.0) for i in range(3)]
+    for lora in half:
+        for adapter in lora.modules.values():
+            for k in ("lora_up.weight", "lora_down.weight"):
+                adapter.tensors[k] = adapter.tensors[k].half()
+    model, modules = small_model(F, dtype=torch.float16)
+    base = snapshot(model)
+    stack = [StackLayer(half[0], unet=0.6, te=0.4), StackLayer(half[1], unet=-0.3), StackLayer(half[2], unet=1.4)]
+    engine = PatchEngine(modules)
+    engine.apply(stack)
+    want = reference({k: v.float() for k, v in base.items()}, stack)
+    got = snapshot(model)
+    for k in base:
+        assert (got[k].double() - want[k]).abs().max() <= 2e-3 * want[k].abs().max() + 1e-3, k
+    scratch = snapshot(model)
+    engine.clear()
+    engine.apply(stack[:1])
+    engine.apply(stack)
+    assert same_bits(snapshot(model), scratch)
+    engine._fail_after_writes = 5
+    with pytest.raises(PatchError):
+        engine.apply([StackLayer(half[1], unet=0.9), StackLayer(half[2])])
+    assert same_bits(snapshot(model), scratch)
+    engine.clear()
+    assert same_bits(snapshot(model), base)
+
+
+def test_fast_switch_computes_the_scale_buffer_planning_would(loras) -> None:
+    """The steady-state switch skips planning: its strengths and scale buffer must be the very bits that planning
+    and ``WriteBatch`` give for a stack of the same structure (block weights and schedules included)."""
+    from lib_lorastack.engine.batch import Write, WriteBatch
+    from lib_lorastack.engine.fast import FastSwitch, structure
+    from lib_lorastack.engine.fused import FP32
+    from lib_lorastack.engine.plan import build_plan
+    from lib_lorastack.syntax.lbw import resolve_block_weights
+
+    _model, modules = small_model(F)
+    engine = PatchEngine(modules)
+    outall = resolve_block_weights(F, "OUTALL").weight_for
+    half = resolve_block_weights(F, "1,0.5,0.5,0.5,0.5,0.5,0.5,1,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3").weight_for
+
+    def batch_for(stack):
+        plans, _ = build_plan(stack, 3, engine._binder, engine._choose_mode, engine._blocks)
+        writes = [Write(k, p, engine._param(k), engine.program(p, engine._param(k)), FP32) for k, p in sorted(plans.items())]
+        return WriteBatch(writes, torch.float32)
+
+    first = [StackLayer(loras[0], te=0.7, unet=0.9, block_weight=outall), StackLayer(loras[1], unet=-0.4, start=2),
+             StackLayer(loras[2], te=0.3, unet=1.7, block_weight=half)]
+    second = [StackLayer(loras[0], te=-0.2, unet=1.3, block_weight=resolve_block_weights(F, "OUTALL").weight_for),
+              StackLayer(loras[1], unet=0.123, start=2), StackLayer(loras[2], te=1.1, unet=0.37, block_weight=half)]
+    assert structure(first, 3) == structure(second, 3)
+    fast = FastSwitch.from_batch(first, 3, batch_for(first), graph=None, blocks=engine._blocks)  # type: ignore[arg-type]
+    strengths = fast.strengths(second)
+    expected = batch_for(second)
+    got = torch.repeat_interleave((strengths * fast.multiplier).to(torch.float32), fast.ranks)
+    assert torch.equal(got, expected.host_scale)
+    assert structure([*second[:2], StackLayer(loras[2], te=0.0, unet=0.37, block_weight=half)], 3) != structure(first, 3)

@@ -82,6 +82,13 @@ class Adapter(ABC):
         (the engine then calls ``update``). Lets the engine batch many layers into one matmul."""
         return None
 
+    def low_rank_native(self, *, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``(up [out, r], down [r, fan_in], scale)`` in the file's own dtype on ``device``, with
+        ``ΔW == scale · up @ down``; ``None`` when the change is not such a product. The engine keeps these on the
+        device and concatenates them per weight (the file's dtype tells whether the products can run exactly on
+        half-precision matrix units)."""
+        return None
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 

@@ -58,6 +58,13 @@ class LoRA(RankScaled):
         up, down = self._factors(dtype, device)
         return up * self.scale, flat2d(down)
 
+    def low_rank_native(self, *, device=None):
+        if self.mid is not None:
+            return None
+        dtype = torch.promote_types(self.up.dtype, self.down.dtype)
+        up, down = self._factors(dtype, device)
+        return up.contiguous(), flat2d(down).contiguous(), self.scale
+
     def update(self, weight: torch.Tensor, *, dtype=torch.float32, device=None) -> WeightUpdate:
         device = weight.device if device is None else device
         up, down = self._factors(dtype, device)

@@ -3,40 +3,56 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 
-from .plan import Contribution
+from .plan import Bound
+
+
+class Factors(NamedTuple):
+    """A low-rank change ``scale · up @ down`` with the factors in the file's own dtype, on the device."""
+
+    up: torch.Tensor  # [out, r]
+    down: torch.Tensor  # [r, fan_in]
+    scale: float
+    up_amax: float  # max |up| · |scale|, from the file (no device round trip)
 
 
 class FactorCache:
     def __init__(self, budget_bytes: int = 2 << 30) -> None:
         self.budget = budget_bytes
-        self._entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = OrderedDict()
+        self._entries: OrderedDict[tuple, Factors | None] = OrderedDict()
         self._bytes = 0
         self.misses = 0
 
-    def factors(
-        self, c: Contribution, dtype: torch.dtype, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(up·scale, down)`` of a plain low-rank adapter on ``device``, or None when it is not low-rank."""
-        key = (c.lora.identity, str(c.target), dtype, str(device))
+    def factors(self, bound: Bound, device: torch.device) -> Factors | None:
+        """The plain low-rank factors of ``bound``'s adapter on ``device``; None when it is not low-rank (or when it
+        changes a row block or a bias: those go through the adapter's own update)."""
+        if bound.target.rows is not None or "bias" in bound.adapter.tensors:
+            return None
+        key = (bound.ident, str(device))
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
         self.misses += 1
-        pair = c.adapter.low_rank_factors(dtype=dtype, device=device)
-        self._entries[key] = pair
-        if pair is not None:
-            self._bytes += sum(t.numel() * t.element_size() for t in pair)
-            self._evict()
-        return pair
+        native = bound.adapter.low_rank_native(device=device)
+        entry = None
+        if native is not None:
+            up, down, scale = native
+            source_up = bound.adapter.tensors.get("lora_up.weight")
+            amax = float(source_up.detach().abs().max()) if source_up is not None and source_up.numel() else 0.0
+            entry = Factors(up, down, float(scale), amax * abs(float(scale)))
+            self._bytes += _nbytes(up) + _nbytes(down)
+        self._entries[key] = entry
+        self._evict()
+        return entry
 
     def _evict(self) -> None:
         while self._bytes > self.budget and len(self._entries) > 1:
-            _, pair = self._entries.popitem(last=False)
-            if pair is not None:
-                self._bytes -= sum(t.numel() * t.element_size() for t in pair)
+            _, entry = self._entries.popitem(last=False)
+            if entry is not None:
+                self._bytes -= _nbytes(entry.up) + _nbytes(entry.down)
 
     def nbytes(self) -> int:
         return self._bytes
@@ -44,3 +60,7 @@ class FactorCache:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()

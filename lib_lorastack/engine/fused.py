@@ -1,90 +1,251 @@
-"""The fused math: a parameter's new value from its pristine value and its contributions, rounded once.
+"""The fused math: one function computes a weight's new value from its pristine value and its contributions.
 
 new = round(W0 + Σ_additive s·ΔW  then, in stack order, W ← W + m·(W'(W) − W) for multiplicative adapters),
-computed in fp32 (or ``compute_dtype``) on the weight's device. Additive low-rank contributions of one
-parameter are one matrix product (ranks concatenated); parameters of equal shape and total rank are one
-batched product. Both paths give the same bits (the batched product is per-matrix the same GEMM).
+computed in fp32 (or ``compute_dtype``) on the weight's device and rounded once into the weight's dtype.
+
+Every path that needs a fused value (apply, incremental change, rollback, a CUDA graph of a switch) calls
+``write_fused`` with the weight's ``WeightProgram`` and the same operand layout, so a weight's bits depend only on
+its pristine value, its contributions and their strengths, never on how weights were grouped or in which order they
+were written. (A batched product of several weights is not the same GEMM as one product per weight on a GPU.)
+
+The plain low-rank contributions of a weight are one product: their factors are concatenated once per composition
+(``up_t`` [R, out] with each file's alpha/rank folded in, ``down`` [R, fan_in]) and the strengths enter as a per-rank
+scale vector, so a strength change rebuilds nothing. Two ways to compute it, chosen by ``choose_path`` from the
+composition, the strengths and the weight alone:
+
+* ``"split"`` (GPU, factors stored in fp16 or bf16): the scaled up factor is split into half-precision parts whose
+  sum is exact to fp32 accuracy (fp16: hi + lo; bf16: hi + mid + lo) and the down factor is repeated per part, so
+  every partial product on the matrix units is exact and only the fp32 accumulation rounds (fp32 result). The
+  scaling and splitting runs for many weights at once (``prepare_split``); each weight's operand is a view with the
+  same layout whatever the group, so its bits do not depend on the group.
+* ``"fp32"`` (everything else, the CPU): an fp32 product.
+
+Then ``W = W0 + product`` in fp32, rounded once into the weight (one pass), or the dense and multiplicative changes
+on top first.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .device_cache import FactorCache
-from .plan import Contribution
+from .device_cache import FactorCache, Factors
+from .plan import Contribution, ParamKey, ParamPlan
 
+MAX_HALF_STRENGTH = 16.0  # |strength| above this takes the fp32 path (the fp16 parts would overflow)
+SPLIT_PARTS = {torch.float16: 2, torch.bfloat16: 3}
+_DIRECT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MM_OUT_DTYPE: dict[str, bool] = {}
 
-def canonical(contributions: Sequence[Contribution]) -> tuple[list[Contribution], list[Contribution]]:
-    """Additive contributions in a fixed order (they commute; a fixed order keeps results bit-stable),
-    multiplicative ones in stack order."""
-    additive = sorted(
-        (c for c in contributions if c.adapter.additive), key=lambda c: (str(c.lora.identity), str(c.target))
-    )
-    multiplicative = sorted((c for c in contributions if not c.adapter.additive), key=lambda c: c.order)
-    return additive, multiplicative
+SPLIT, FP32 = "split", "fp32"
 
 
 @dataclass
-class LowRank:
-    up: torch.Tensor  # [out, R], strengths folded in
-    down: torch.Tensor  # [R, fan_in]
+class WeightProgram:
+    """What one weight is made of, strengths aside, with its factors ready on the device."""
+
+    key: ParamKey
+    composition: tuple
+    shape: torch.Size
+    device: torch.device
+    low_rank: list[int]  # positions (in the plan's canonical order) of the contributions in ``up_t``/``down``
+    ranks: list[int]
+    rest: list[int]  # positions of the contributions computed by their adapter (dense, row blocks, biases, multiplicative)
+    factors: list[Factors] = field(default_factory=list)
+    up_t: torch.Tensor | None = None  # [R, out] compute dtype, file scales folded in
+    half_dtype: torch.dtype | None = None  # fp16/bf16 when every factor is stored in it (exact half products)
+    exponent: int = 0  # split paths: the scale vector carries 2**exponent, undone exactly by the product's alpha
+    _down: torch.Tensor | None = None
+    _down_parts: torch.Tensor | None = None
+    _down_native: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return sum(self.ranks)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.shape[0])
+
+    def down(self) -> torch.Tensor:
+        """[R, fan_in] in the compute dtype."""
+        if self._down is None:
+            self._down = torch.cat([f.down for f in self.factors], 0).to(self.up_t.dtype)  # type: ignore[union-attr]
+        return self._down
+
+    def down_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """[R, fan_in] in ``dtype`` (online layers keep their down factor in the layer's dtype)."""
+        cached = self._down_native
+        if cached is None or cached.dtype != dtype:
+            cached = self._down_native = torch.cat([f.down for f in self.factors], 0).to(dtype).contiguous()
+        return cached
+
+    def down_parts(self, parts: int) -> torch.Tensor:
+        """Each row of down repeated ``parts`` times, in the factors' half dtype: [parts·R, fan_in]."""
+        if self._down_parts is None or self._down_parts.shape[0] != parts * self.rank:
+            self._down_parts = torch.cat([f.down for f in self.factors], 0).repeat_interleave(parts, dim=0)
+        return self._down_parts
+
+    def scale_values(self, strengths: tuple[float, ...], path: str) -> list[float]:
+        """The per-contribution values of the scale vector (each repeated over its contribution's ranks)."""
+        factor = math.ldexp(1.0, self.exponent) if path != FP32 else 1.0
+        return [strengths[i] * factor for i in self.low_rank]
+
+    def nbytes(self) -> int:
+        tensors = (self.up_t, self._down, self._down_parts, self._down_native)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def low_rank_sum(
-    additive: Sequence[Contribution], cache: FactorCache, dtype: torch.dtype, device: torch.device
-) -> tuple[LowRank | None, list[Contribution]]:
-    """Concatenate the plain low-rank contributions; return the rest (dense or row-sliced) separately."""
-    ups, downs, rest = [], [], []
-    for c in additive:
-        pair = cache.factors(c, dtype, device) if c.target.rows is None else None
-        if pair is None:
-            rest.append(c)
-            continue
-        ups.append(pair[0] * c.strength)
-        downs.append(pair[1])
-    if not ups:
-        return None, rest
-    return LowRank(torch.cat(ups, dim=1), torch.cat(downs, dim=0)), rest
+def build_program(plan: ParamPlan, param: torch.Tensor, cache: FactorCache, compute_dtype: torch.dtype) -> WeightProgram:
+    additive, multiplicative = plan.canonical()
+    low_rank: list[int] = []
+    rest: list[int] = []
+    factors: list[Factors] = []
+    for i, c in enumerate(additive):
+        f = cache.factors(c.bound, param.device)
+        if f is None:
+            rest.append(i)
+        else:
+            low_rank.append(i)
+            factors.append(f)
+    rest += [len(additive) + j for j in range(len(multiplicative))]
+    program = WeightProgram(
+        plan.key, plan.composition, param.shape, param.device, low_rank, [int(f.up.shape[1]) for f in factors], rest, factors
+    )
+    if factors:
+        program.up_t = torch.cat([(f.up.to(compute_dtype) * f.scale).t() for f in factors], 0).contiguous()
+        dtypes = {f.up.dtype for f in factors} | {f.down.dtype for f in factors}
+        program.half_dtype = next(iter(dtypes)) if len(dtypes) == 1 and next(iter(dtypes)) in SPLIT_PARTS else None
+        amax = max(f.up_amax for f in factors)
+        if program.half_dtype is torch.float16 and amax > 0:
+            # largest |hi| = amax·|s|·2**e ≤ 2**10 · 16: far inside fp16's range, and the lo part stays normal
+            program.exponent = max(-30, min(30, math.floor(math.log2(1024.0 / amax))))
+    return program
 
 
-def new_value(
+def tensor_cores_available(device: torch.device, dtype: torch.dtype = torch.float16) -> bool:
+    """Half-precision products with an fp32 result (``torch.mm(..., out_dtype=torch.float32)``) on this device."""
+    if device.type != "cuda":
+        return False
+    name = f"{device}/{dtype}"
+    if name not in _MM_OUT_DTYPE:
+        try:
+            a = torch.ones(16, 16, dtype=dtype, device=device)
+            ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32  # type: ignore[call-arg]
+        except (TypeError, RuntimeError, NotImplementedError):
+            ok = False
+        _MM_OUT_DTYPE[name] = ok
+    return _MM_OUT_DTYPE[name]
+
+
+def choose_path(program: WeightProgram, strengths: tuple[float, ...], param: torch.Tensor, half_products: bool) -> str:
+    """A pure function of the composition, the strengths and the weight, so every path makes the same choice."""
+    if program.up_t is None or program.up_t.dtype != torch.float32 or param.device.type != "cuda" or not half_products:
+        return FP32
+    if program.half_dtype is None or not tensor_cores_available(param.device, program.half_dtype):
+        return FP32
+    if program.half_dtype is torch.float16 and any(abs(strengths[i]) > MAX_HALF_STRENGTH for i in program.low_rank):
+        return FP32
+    return SPLIT
+
+
+def split_rows(scaled_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 [R, out] → ``dtype`` [R, parts, out]: parts whose sum equals each row to fp32 accuracy (each part is the
+    exact residual of the ones before it, rounded once)."""
+    parts = SPLIT_PARTS[dtype]
+    out = torch.empty(scaled_t.shape[0], parts, scaled_t.shape[1], dtype=dtype, device=scaled_t.device)
+    residual = scaled_t
+    for p in range(parts):
+        out[:, p].copy_(residual)
+        if p + 1 < parts:
+            residual = residual - out[:, p]
+    return out
+
+
+def split_operand(split: torch.Tensor, start: int, rank: int) -> torch.Tensor:
+    """One weight's left operand [out, parts·R] from rows ``start:start+rank`` of a split block: a transposed view,
+    laid out the same way whatever the block holds."""
+    parts, out = split.shape[1], split.shape[2]
+    return split[start : start + rank].reshape(rank * parts, out).t()
+
+
+def prepare_split(programs: Sequence[WeightProgram], scale: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The split left operands of weights that share their output width and half dtype: one scaling and one split
+    for all of them. ``scale``: their per-rank scale values, concatenated in the same order."""
+    ups = [p.up_t for p in programs]
+    block = torch.cat(ups, 0) if len(ups) > 1 else ups[0]  # type: ignore[arg-type]
+    split = split_rows(block * scale.view(-1, 1), dtype)
+    operands = []
+    start = 0
+    for p in programs:
+        operands.append(split_operand(split, start, p.rank))
+        start += p.rank
+    return operands
+
+
+def half_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Half-precision operands, fp32 result, fp32 accumulation (the matrix units)."""
+    return torch.mm(left, right, out_dtype=torch.float32)  # type: ignore[call-arg]
+
+
+def write_fused(
+    param: torch.Tensor,
     w0: torch.Tensor,
-    contributions: Sequence[Contribution],
-    cache: FactorCache,
+    program: WeightProgram,
+    plan: ParamPlan,
+    operand: torch.Tensor | None,
+    *,
+    path: str,
     compute_dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The parameter's new value in the compute dtype (the write into the parameter rounds it, once) and the
-    bias change (compute dtype) or None."""
-    device = w0.device
-    additive, multiplicative = canonical(contributions)
-    lowrank, dense = low_rank_sum(additive, cache, compute_dtype, device)
-    if lowrank is not None:
-        # product first, then + W0: the same two steps as the batched path, so both give the same bits
-        w = (lowrank.up @ lowrank.down).view(w0.shape)
-        w.add_(w0)
+) -> torch.Tensor | None:
+    """Write ``param``'s fused value, computed from its pristine value ``w0``; return the bias change (compute
+    dtype) or None. ``operand``: for ``"split"`` the weight's split left operand (``prepare_split``), otherwise its
+    per-rank scale vector (on the device)."""
+    shape = param.shape
+    if program.up_t is not None:
+        assert operand is not None
+        if path == SPLIT:
+            down = program.down_parts(operand.shape[1] // program.rank)
+            product = half_product(operand, down)
+            alpha = math.ldexp(1.0, -program.exponent)
+        else:
+            product = torch.mm((program.up_t * operand.view(-1, 1)).t(), program.down())
+            alpha = 1.0
+        product = product.view(shape)
+        if not program.rest and param.dtype in _DIRECT_DTYPES and w0.dtype == param.dtype:
+            torch.add(w0, product, alpha=alpha, out=param)  # one pass: fp32 sum, rounded once into the weight
+            return None
+        w = torch.add(w0.to(compute_dtype), product, alpha=alpha)
     else:
         w = w0.to(compute_dtype, copy=True)
+    contributions = [*plan.canonical()[0], *plan.canonical()[1]]
+    bias = _apply_rest(w, [contributions[i] for i in program.rest], compute_dtype)
+    param.copy_(w)
+    return bias
+
+
+def _apply_rest(w: torch.Tensor, rest: list[Contribution], compute_dtype: torch.dtype) -> torch.Tensor | None:
+    """Dense and row-block changes, then multiplicative adapters in stack order, on the fp32 value ``w``."""
+    device = w.device
     bias: torch.Tensor | None = None
-    for c in [*dense, *multiplicative]:
-        view = w if c.target.rows is None else w[c.target.rows[0] : c.target.rows[1]]
+    for c in rest:
+        rows = c.target.rows
+        view = w if rows is None else w[rows[0] : rows[1]]
         update = c.adapter.update(view, dtype=compute_dtype, device=device)
         view.add_(update.weight.reshape(view.shape), alpha=c.strength)
         if update.bias is not None:
             if bias is None:
-                rows = w.shape[0]
-                bias = torch.zeros(rows, dtype=compute_dtype, device=device)
-            part = bias if c.target.rows is None else bias[c.target.rows[0] : c.target.rows[1]]
+                bias = torch.zeros(w.shape[0], dtype=compute_dtype, device=device)
+            part = bias if rows is None else bias[rows[0] : rows[1]]
             part.add_(update.bias.reshape(part.shape), alpha=c.strength)
-    return w, bias
+    return bias
 
 
-def batched_low_rank(w0s: list[torch.Tensor], lowranks: list[LowRank]) -> torch.Tensor:
-    """New values (compute dtype, [k, out, fan_in]) of same-shaped parameters whose changes are all low-rank
-    with the same total rank: one batched product, then each W0 added in place."""
-    values = torch.bmm(torch.stack([lr.up for lr in lowranks]), torch.stack([lr.down for lr in lowranks]))
-    for value, w0 in zip(values, w0s):
-        value.add_(w0.view(value.shape))
-    return values
+def dense_delta(w0: torch.Tensor, contributions: list[Contribution], compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ΔW (and Δbias) of ``contributions`` on ``w0``, computed in the compute dtype (online mode's dense part)."""
+    w = w0.to(compute_dtype, copy=True)
+    bias = _apply_rest(w, contributions, compute_dtype)
+    return w - w0.to(compute_dtype), bias

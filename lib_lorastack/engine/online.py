@@ -1,102 +1,221 @@
-"""Online patching: touched layers add their LoRAs' output in the forward; weights are never written.
+"""Online patching: a touched layer computes its LoRAs in its own forward; weights are never written.
 
-Low-rank additive contributions run as ``up(down(x))`` (a k×k conv then a 1×1 conv for convs); every other
-contribution of a layer (dense, multiplicative) is folded into one precomputed ΔW. Linear, Conv2d, GroupNorm
-and LayerNorm layers can go online; others (MultiheadAttention reads its weights directly, Embedding) are fused.
+Each online layer gets one concatenated factor pair in the layer's dtype, whatever the number of LoRAs, and its
+forward is replaced (not hooked): the base output, then the down product, then the up product added into the output
+in place (on a GPU) — three kernel launches for a Linear or a Conv2d. The strengths are folded into the small up factor, so a
+strength change rewrites only small factors (``OnlineLayer.rescale``). With a per-sample scale the rows of one batch
+can carry different strengths (``OnlineLayer.sample_scale``). Dense and multiplicative contributions become one
+precomputed ΔW. GroupNorm and LayerNorm add ``norm(x; Δw, Δb)`` (exact: a norm is linear in its affine
+parameters). MultiheadAttention (it reads its weights directly) and Embedding are fused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-from .device_cache import FactorCache
-from .fused import canonical, new_value
-from .plan import Contribution
+from .fused import WeightProgram, dense_delta
+from .plan import ParamPlan
 
 ONLINE_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
 def can_go_online(module: torch.nn.Module, param: str) -> bool:
-    # MultiheadAttention reads its out_proj weight directly and never calls out_proj's forward, so a hook there
+    # MultiheadAttention reads its out_proj weight directly and never calls out_proj's forward, so a forward there
     # would do nothing: that Linear (a NonDynamicallyQuantizableLinear) is always fused.
     if isinstance(module, torch.nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return False
+    if isinstance(module, torch.nn.Conv2d) and module.groups != 1:
         return False
     return isinstance(module, ONLINE_TYPES) and param == "weight"
 
 
-@dataclass
-class OnlineState:
-    """What one module adds to its output."""
+class UpBank:
+    """The up factors of several Linear layers of one output width, stored together ([ΣR, out]) so that folding
+    new strengths into all of them is one launch. Each layer's ``up`` is a view of its rows."""
 
-    low_rank: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (up·s [out,R], down [R,…])
-    dense_weight: torch.Tensor | None = None  # ΔW of everything else
-    dense_bias: torch.Tensor | None = None
-    handle: torch.utils.hooks.RemovableHandle | None = None
+    def __init__(self, layers: list[OnlineLayer], dtype: torch.dtype) -> None:
+        ups = [layer.program.up_t for layer in layers]  # type: ignore[union-attr]
+        self.raw = torch.cat(ups, 0) if len(ups) > 1 else ups[0]  # [ΣR, out] fp32, file scales folded in
+        self.scaled = torch.empty(self.raw.shape, dtype=dtype, device=self.raw.device)
+        self.layers = layers
+        start = 0
+        for layer in layers:
+            rank = sum(layer.ranks)
+            layer.bank = self
+            layer.up = self.scaled[start : start + rank].t()  # [out, R] view
+            start += rank
 
 
-def build_state(
-    module: torch.nn.Module, contributions: Sequence[Contribution], cache: FactorCache, compute_dtype: torch.dtype
-) -> OnlineState:
-    weight: torch.Tensor = module.weight
-    state = OnlineState()
-    additive, multiplicative = canonical(contributions)
-    rest: list[Contribution] = []
-    # Multiplicative adapters act on the summed additive change, so then everything is folded into one ΔW.
-    if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and not multiplicative:
-        for c in additive:
-            pair = None
-            if c.target.rows is None and "bias" not in c.adapter.tensors:
-                pair = cache.factors(c, compute_dtype, weight.device)
-            if pair is None:
-                rest.append(c)
+class OnlineLayer:
+    """What one module adds to its output, installed as the module's own ``forward``."""
+
+    def __init__(self, module: torch.nn.Module, plan: ParamPlan) -> None:
+        self.module = module
+        self.plan = plan
+        self.kind = "linear" if isinstance(module, torch.nn.Linear) else "conv" if isinstance(module, torch.nn.Conv2d) else "norm"
+        self.program: WeightProgram | None = None  # the low-rank part's concatenated factors (shared with fused mode)
+        self.low_rank: list[int] = []  # positions (canonical order) of the contributions in the factor pair
+        self.ranks: list[int] = []
+        self.down: torch.Tensor | None = None  # linear [R, in]; conv [R, in, kh, kw]; the layer's dtype
+        self.up: torch.Tensor | None = None  # [out, R], strengths folded in, the layer's dtype
+        self.bank: UpBank | None = None  # Linear layers: where ``up`` lives
+        self.dense_weight: torch.Tensor | None = None
+        self.dense_bias: torch.Tensor | None = None
+        self.sample_scale: torch.Tensor | None = None  # [samples, R]: per-sample strengths (then ``up`` is at 1)
+        self.unit = False  # strengths are per sample: ``up`` holds the factors at strength 1
+        self._installed = False
+        self._previous = None
+
+    # ----------------------------------------------------------------- building
+    def build(self, program: WeightProgram | None, compute_dtype: torch.dtype) -> None:
+        weight: torch.Tensor = self.module.weight
+        additive, multiplicative = self.plan.canonical()
+        if self.kind != "norm" and not multiplicative and program is not None and program.up_t is not None:
+            self.program = program
+            self.low_rank = list(program.low_rank)
+            self.ranks = list(program.ranks)
+            down = program.down_as(weight.dtype)
+            self.down = down.reshape(down.shape[0], *weight.shape[1:]) if self.kind == "conv" else down
+            if self.kind == "conv":
+                self.up = torch.empty(program.up_t.shape[1], program.rank, dtype=weight.dtype, device=weight.device)
+            dense = [additive[i] for i in program.rest]
+        else:
+            dense = [*additive, *multiplicative]
+        if dense:
+            delta, bias = dense_delta(weight.detach(), dense, compute_dtype)
+            self.dense_weight = delta.to(weight.dtype)
+            self.dense_bias = None if bias is None else bias.to(weight.dtype)
+
+    def scale_values(self) -> list[float]:
+        if self.unit:
+            return [1.0] * len(self.low_rank)
+        strengths = self.plan.strengths
+        return [strengths[i] for i in self.low_rank]
+
+    # ----------------------------------------------------------------- installing
+    def install(self) -> None:
+        if not self._installed:
+            self._previous = self.module.__dict__.get("forward")
+            self.module.forward = self.forward  # type: ignore[method-assign]
+            self._installed = True
+
+    def remove(self) -> None:
+        if self._installed:
+            if self._previous is None:
+                self.module.__dict__.pop("forward", None)
             else:
-                state.low_rank.append((pair[0] * c.strength, pair[1]))
-    else:
-        rest = list(additive)
-    rest += multiplicative
-    if rest:
-        w0 = weight.detach()
-        new, bias = new_value(w0, rest, cache, compute_dtype)
-        state.dense_weight = new - w0.to(compute_dtype)
-        state.dense_bias = bias
-    return state
+                self.module.forward = self._previous  # type: ignore[method-assign]
+            self._installed = False
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        base = self._previous if self._previous is not None else type(self.module).forward.__get__(self.module)
+        out = base(x, *args, **kwargs)
+        if self.kind == "linear":
+            return self._linear(x, out)
+        if self.kind == "conv":
+            return self._conv(x, out)
+        return self._norm(x, out)
+
+    def _rows_scale(self, n: int) -> torch.Tensor | None:
+        scale = self.sample_scale
+        if scale is None:
+            return None
+        samples = scale.shape[0]
+        if n == samples:
+            return scale
+        if n % samples:
+            raise RuntimeError(f"online LoRA: a batch of {n} rows does not fit {samples} per-sample scales")
+        return scale.repeat(n // samples, 1)
+
+    def _linear(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.down is not None:
+            down, up = _as(self.down, x.dtype), _as(self.up, x.dtype)
+            h = F.linear(x, down)
+            rows = self._rows_scale(h.shape[0]) if h.dim() > 1 else None
+            if rows is not None:
+                h = h * rows.view(rows.shape[0], *([1] * (h.dim() - 2)), rows.shape[1]).to(h.dtype)
+            if out.is_cuda and out.is_contiguous() and out.dtype == h.dtype:
+                out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())  # added in place: one launch
+            else:
+                out = out + F.linear(h, up)
+        if self.dense_weight is not None:
+            out = out + F.linear(x, _as(self.dense_weight, x.dtype), _as(self.dense_bias, x.dtype))
+        elif self.dense_bias is not None:
+            out = out + _as(self.dense_bias, x.dtype)
+        return out
+
+    def _conv(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if self.down is not None:
+            down, up = _as(self.down, x.dtype), _as(self.up, x.dtype)
+            h = F.conv2d(x, down, None, m.stride, m.padding, m.dilation)
+            rows = self._rows_scale(h.shape[0])
+            if rows is not None:
+                h = h * rows.view(*rows.shape, 1, 1).to(h.dtype)
+            n, c = out.shape[0], out.shape[1]
+            if out.is_cuda and out.is_contiguous() and h.is_contiguous() and out.dtype == h.dtype:
+                out.view(n, c, -1).baddbmm_(up.expand(n, -1, -1), h.view(n, h.shape[1], -1))
+            else:
+                out = out + F.conv2d(h, up.reshape(c, -1, 1, 1))
+        if self.dense_weight is not None:
+            out = out + F.conv2d(x, _as(self.dense_weight, x.dtype), _as(self.dense_bias, x.dtype), m.stride, m.padding, m.dilation, m.groups)
+        elif self.dense_bias is not None:
+            out = out + _as(self.dense_bias, x.dtype).reshape(1, -1, 1, 1)
+        return out
+
+    def _norm(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        dw = _as(self.dense_weight, x.dtype) if self.dense_weight is not None else torch.zeros_like(m.weight, dtype=x.dtype)
+        db = _as(self.dense_bias, x.dtype)
+        if isinstance(m, torch.nn.GroupNorm):
+            return out + F.group_norm(x, m.num_groups, dw, db, m.eps)
+        return out + F.layer_norm(x, m.normalized_shape, dw, db, m.eps)
 
 
-def forward_extra(module: torch.nn.Module, x: torch.Tensor, state: OnlineState) -> torch.Tensor | None:
-    extra: torch.Tensor | None = None
+def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
-    def add(t: torch.Tensor) -> None:
-        nonlocal extra
-        extra = t if extra is None else extra + t
 
-    if isinstance(module, torch.nn.Linear):
-        for up, down in state.low_rank:
-            add(F.linear(F.linear(x, down.to(x.dtype)), up.to(x.dtype)))
-        if state.dense_weight is not None:
-            add(F.linear(x, state.dense_weight.to(x.dtype)))
-        if state.dense_bias is not None:
-            add(state.dense_bias.to(x.dtype))
-    elif isinstance(module, torch.nn.Conv2d):
-        out_ch, in_ch, kh, kw = module.weight.shape
-        for up, down in state.low_rank:
-            h = F.conv2d(
-                x, down.to(x.dtype).reshape(-1, in_ch, kh, kw), None, module.stride, module.padding, module.dilation
-            )
-            add(F.conv2d(h, up.to(x.dtype).reshape(out_ch, -1, 1, 1)))
-        if state.dense_weight is not None:
-            add(F.conv2d(x, state.dense_weight.to(x.dtype), None, module.stride, module.padding, module.dilation, module.groups))
-        if state.dense_bias is not None:
-            add(state.dense_bias.to(x.dtype).reshape(1, -1, 1, 1))
-    elif isinstance(module, torch.nn.GroupNorm):
-        dw = state.dense_weight.to(x.dtype) if state.dense_weight is not None else torch.zeros_like(module.weight, dtype=x.dtype)
-        db = state.dense_bias.to(x.dtype) if state.dense_bias is not None else None
-        add(F.group_norm(x, module.num_groups, dw, db, module.eps))
-    elif isinstance(module, torch.nn.LayerNorm):
-        dw = state.dense_weight.to(x.dtype) if state.dense_weight is not None else torch.zeros_like(module.weight, dtype=x.dtype)
-        db = state.dense_bias.to(x.dtype) if state.dense_bias is not None else None
-        add(F.layer_norm(x, module.normalized_shape, dw, db, module.eps))
-    return extra
+def make_banks(layers: list[OnlineLayer]) -> None:
+    """Give newly built Linear layers their up factors in banks, one per device, dtype and output width."""
+    groups: dict[tuple, list[OnlineLayer]] = {}
+    for layer in layers:
+        if layer.kind == "linear" and layer.program is not None:
+            weight = layer.module.weight
+            groups.setdefault((weight.device, weight.dtype, layer.program.out_features), []).append(layer)
+    for (_, dtype, _), group in groups.items():
+        UpBank(group, dtype)
+
+
+def rescale(layers: list[OnlineLayer], compute_dtype: torch.dtype) -> None:
+    """Fold the current strengths into the up factors of ``layers`` (and of every layer sharing a bank with one):
+    one launch per bank, one per conv layer, one transfer of all the scale values."""
+    banks: dict[int, UpBank] = {}
+    convs: list[OnlineLayer] = []
+    for layer in layers:
+        if layer.bank is not None:
+            banks[id(layer.bank)] = layer.bank
+        elif layer.up is not None:
+            convs.append(layer)
+    order = [lay for bank in banks.values() for lay in bank.layers] + convs
+    if not order:
+        return
+    values: list[float] = []
+    repeats: list[int] = []
+    for layer in order:
+        values += layer.scale_values()
+        repeats += layer.ranks
+    host = torch.repeat_interleave(torch.tensor(values, dtype=compute_dtype), torch.tensor(repeats, dtype=torch.long))
+    device = order[0].up.device  # type: ignore[union-attr]
+    scale = host.to(device, non_blocking=True) if device.type != "cpu" else host
+    start = 0
+    for bank in banks.values():
+        rows = bank.raw.shape[0]
+        torch.mul(bank.raw, scale[start : start + rows].view(-1, 1), out=bank.scaled)
+        start += rows
+    for layer in convs:
+        rank = sum(layer.ranks)
+        torch.mul(layer.program.up_t.t(), scale[start : start + rank].view(1, -1), out=layer.up)  # type: ignore[union-attr]
+        start += rank

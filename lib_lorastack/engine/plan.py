@@ -1,9 +1,16 @@
-"""What a stack asks of each parameter: the contributions (adapter × strength) and a signature to diff on."""
+"""What a stack asks of each parameter: the contributions (adapter × strength) and the signatures to diff on.
+
+Planning runs on every apply, so the per-LoRA work that does not depend on strengths (finding each target's
+module and checking its shape) is done once per LoRA and model (``Binder``), and block weights are looked up once
+per block-weight spec and module (``BlockMemo``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -13,6 +20,8 @@ from ..formats.targets import Target
 
 FUSED = "fused"
 ONLINE = "online"
+
+ParamKey = tuple[str, str]  # (module name, parameter name)
 
 
 @dataclass(frozen=True)
@@ -40,39 +49,91 @@ class StackLayer:
         return base * (self.block_weight(target.module) if self.block_weight is not None else 1.0)
 
 
-@dataclass(frozen=True)
-class Contribution:
-    """One adapter's part in one parameter: the rows it covers (None = all) and its strength."""
+class Bound(NamedTuple):
+    """One target of one LoRA, resolved against the model (done once per LoRA and model)."""
+
+    key: ParamKey
+    target: Target
+    adapter: Adapter
+    is_te: bool
+    ident: tuple[str, str]  # (LoRA identity, target) as text: identity and fixed sort order of additive changes
+
+
+class Contribution(NamedTuple):
+    """One adapter's part in one parameter at one strength."""
 
     order: int  # position of the LoRA in the stack
     lora: ParsedLora
-    target: Target
-    adapter: Adapter
+    bound: Bound
     strength: float
 
     @property
+    def target(self) -> Target:
+        return self.bound.target
+
+    @property
+    def adapter(self) -> Adapter:
+        return self.bound.adapter
+
+    @property
     def key(self) -> tuple:
-        return (self.lora.identity, str(self.target), self.strength, self.adapter.additive, self.order)
+        return (self.lora.identity, str(self.bound.target), self.strength, self.bound.adapter.additive, self.order)
 
 
-ParamKey = tuple[str, str]  # (module name, parameter name)
-
-
-@dataclass
 class ParamPlan:
     """Everything a parameter must become: its contributions and the mode they are applied in."""
 
-    key: ParamKey
-    mode: str
-    contributions: list[Contribution]
+    __slots__ = ("_canonical", "_signature", "contributions", "key", "mode")
+
+    def __init__(self, key: ParamKey, mode: str, contributions: list[Contribution] | None = None) -> None:
+        self.key = key
+        self.mode = mode
+        self.contributions: list[Contribution] = contributions if contributions is not None else []
+        self._canonical: tuple[list[Contribution], list[Contribution]] | None = None
+        self._signature: tuple | None = None
+
+    def canonical(self) -> tuple[list[Contribution], list[Contribution]]:
+        """Additive contributions in a fixed order (they commute; a fixed order keeps results bit-stable),
+        multiplicative ones in stack order."""
+        if self._canonical is None:
+            self.seal()
+        assert self._canonical is not None
+        return self._canonical
+
+    @property
+    def composition(self) -> tuple:
+        """What the parameter is made of, strengths aside: equal compositions share factors and programs."""
+        return self.signature[:3]
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        return self.signature[3]
 
     @property
     def signature(self) -> tuple:
-        additive = sorted(
-            (c.key[:3] for c in self.contributions if c.adapter.additive), key=lambda k: (str(k[0]), k[1], k[2])
-        )
-        ordered = [c.key[:3] for c in self.contributions if not c.adapter.additive]  # order matters for these
-        return (self.mode, tuple(additive), tuple(ordered))
+        """``(mode, additive idents, multiplicative idents, strengths)``: equal signatures give equal bits."""
+        if self._signature is None:
+            self.seal()
+        assert self._signature is not None
+        return self._signature
+
+    def seal(self, shapes: dict | None = None) -> None:
+        """Compute the canonical order and the signature. ``shapes`` caches both per sequence of targets, so a
+        stack whose structure did not change costs a dictionary look-up per parameter."""
+        cs = self.contributions
+        shape_key = (self.mode, *[id(c.bound) for c in cs], *[c.order for c in cs])
+        shape = shapes.get(shape_key) if shapes is not None else None
+        if shape is None:
+            add = sorted((i for i, c in enumerate(cs) if c.bound.adapter.additive), key=lambda i: (cs[i].bound.ident, cs[i].order))
+            mul = sorted((i for i, c in enumerate(cs) if not c.bound.adapter.additive), key=lambda i: cs[i].order)
+            shape = (add, mul, (self.mode, tuple(cs[i].bound.ident for i in add), tuple(cs[i].bound.ident for i in mul)))
+            if shapes is not None:
+                shapes[shape_key] = shape
+        add, mul, composition = shape
+        additive = [cs[i] for i in add]
+        multiplicative = [cs[i] for i in mul]
+        self._canonical = (additive, multiplicative)
+        self._signature = (*composition, tuple(c.strength for c in additive) + tuple(c.strength for c in multiplicative))
 
 
 @dataclass(frozen=True)
@@ -82,39 +143,123 @@ class Skipped:
     reason: str
 
 
-def build_plan(
-    stack: Sequence[StackLayer],
-    step: int | None,
-    modules: Mapping[str, torch.nn.Module],
-    choose_mode: Callable[[torch.nn.Module, str], str],
-) -> tuple[dict[ParamKey, ParamPlan], list[Skipped]]:
-    plans: dict[ParamKey, ParamPlan] = {}
-    skipped: list[Skipped] = []
-    for order, layer in enumerate(stack):
-        if not layer.active_at(step):
-            continue
-        for target, adapter in layer.lora.modules.items():
-            module = modules.get(target.module)
+class Binder:
+    """Each LoRA's targets resolved against the model's modules, with their shape checks, kept per LoRA."""
+
+    def __init__(self, modules: Mapping[str, torch.nn.Module], capacity: int = 256) -> None:
+        self.modules = modules
+        self.capacity = capacity
+        self._items: OrderedDict[int, tuple[ParsedLora, list[Bound], list[Skipped]]] = OrderedDict()
+        self.modes: dict[Callable, dict[ParamKey, str]] = {}  # per mode rule: the mode of each parameter
+        self.shapes: dict[tuple, tuple] = {}  # canonical orders by sequence of targets (see ``ParamPlan.seal``)
+
+    def bind(self, lora: ParsedLora) -> tuple[list[Bound], list[Skipped]]:
+        item = self._items.get(id(lora))
+        if item is not None and item[0] is lora:
+            self._items.move_to_end(id(lora))
+            return item[1], item[2]
+        bound, skipped = self._bind(lora)
+        self._items[id(lora)] = (lora, bound, skipped)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+            self.shapes.clear()  # keyed by ids of Bound objects that may now be freed
+        if len(self.shapes) > 1 << 16:
+            self.shapes.clear()
+        return bound, skipped
+
+    def forget(self) -> None:
+        self._items.clear()
+        self.modes.clear()
+        self.shapes.clear()
+
+    def _bind(self, lora: ParsedLora) -> tuple[list[Bound], list[Skipped]]:
+        bound: list[Bound] = []
+        skipped: list[Skipped] = []
+        identity = str(lora.identity)
+        for target, adapter in lora.modules.items():
+            module = self.modules.get(target.module)
             param = getattr(module, target.param, None) if module is not None else None
             if not isinstance(param, torch.Tensor):
-                skipped.append(Skipped(layer.lora.name, str(target), "the model has no such layer"))
+                skipped.append(Skipped(lora.name, str(target), "the model has no such layer"))
                 continue
             shape = _target_shape(param, target)
             if shape is None:
-                skipped.append(Skipped(layer.lora.name, str(target), f"rows {target.rows} outside {tuple(param.shape)}"))
+                skipped.append(Skipped(lora.name, str(target), f"rows {target.rows} outside {tuple(param.shape)}"))
                 continue
             fault = adapter.check(shape)
             if fault:
-                skipped.append(Skipped(layer.lora.name, str(target), fault))
+                skipped.append(Skipped(lora.name, str(target), fault))
                 continue
-            strength = layer.strength_for(target)
+            is_te = target.component.is_text_encoder
+            bound.append(Bound((target.module, target.param), target, adapter, is_te, (identity, str(target))))
+        return bound, skipped
+
+
+class BlockMemo:
+    """Block multipliers by (block-weight spec, module). A spec that is a bound method of a hashable value (as
+    ``BlockWeights.weight_for``) is recognised by that value, so re-resolving the same spec costs nothing."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, dict[str, float]] = OrderedDict()
+
+    def table(self, fn: Callable[[str], float]) -> Callable[[str], float]:
+        owner = getattr(fn, "__self__", None)
+        key: Hashable
+        try:
+            key = (owner, fn.__func__) if owner is not None else fn  # type: ignore[attr-defined]
+            hash(key)
+        except TypeError:
+            return fn
+        memo = self._items.get(key)
+        if memo is None:
+            memo = self._items[key] = {}
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+        def lookup(module: str) -> float:
+            value = memo.get(module)
+            if value is None:
+                value = memo[module] = float(fn(module))
+            return value
+
+        return lookup
+
+
+def build_plan(
+    stack: Sequence[StackLayer],
+    step: int | None,
+    binder: Binder,
+    choose_mode: Callable[[torch.nn.Module, str], str],
+    blocks: BlockMemo | None = None,
+) -> tuple[dict[ParamKey, ParamPlan], list[Skipped]]:
+    plans: dict[ParamKey, ParamPlan] = {}
+    skipped: list[Skipped] = []
+    modes = binder.modes.setdefault(choose_mode, {})
+    for order, layer in enumerate(stack):
+        if not layer.active_at(step):
+            continue
+        bound, faults = binder.bind(layer.lora)
+        skipped += faults
+        te, unet = float(layer.te), float(layer.unet)
+        weight = None
+        if layer.block_weight is not None:
+            weight = blocks.table(layer.block_weight) if blocks is not None else layer.block_weight
+        for b in bound:
+            strength = te if b.is_te else unet
+            if weight is not None:
+                strength *= weight(b.key[0])
             if strength == 0.0:
                 continue
-            key = (target.module, target.param)
-            plan = plans.get(key)
+            plan = plans.get(b.key)
             if plan is None:
-                plan = plans[key] = ParamPlan(key, choose_mode(module, target.param), [])
-            plan.contributions.append(Contribution(order, layer.lora, target, adapter, strength))
+                mode = modes.get(b.key)
+                if mode is None:
+                    mode = modes[b.key] = choose_mode(binder.modules[b.key[0]], b.key[1])
+                plan = plans[b.key] = ParamPlan(b.key, mode)
+            plan.contributions.append(Contribution(order, layer.lora, b, strength))
+    for plan in plans.values():
+        plan.seal(binder.shapes)
     return plans, skipped
 
 

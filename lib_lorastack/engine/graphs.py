@@ -1,0 +1,77 @@
+"""CUDA graphs of fused switches: when only strengths change, the writes of a set of weights replay as one graph.
+
+A graph is captured from exactly the per-weight function every other path uses (``fused.write_fused``), with the
+scale vectors read from one device buffer that is refreshed before each replay. It is keyed by everything its
+kernels depend on besides those scales (weights, compositions, the tensor-core choice, and the addresses of the
+weights and of their pristine copies), and dropped as soon as any of that changes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import torch
+
+MIN_WEIGHTS = 32  # fewer weights than this: eager launches are cheap enough
+CAPACITY = 4
+
+
+class FusedGraph:
+    def __init__(self, graph: torch.cuda.CUDAGraph, scale: torch.Tensor, keep_alive: list) -> None:
+        self.graph = graph
+        self.scale = scale
+        self.keep_alive = keep_alive  # every tensor the graph reads: it holds their addresses, not references
+
+    def replay(self, host_scale: torch.Tensor) -> None:
+        self.scale.copy_(host_scale, non_blocking=True)
+        self.graph.replay()
+
+
+class GraphCache:
+    def __init__(self) -> None:
+        self._graphs: OrderedDict[Hashable, FusedGraph] = OrderedDict()
+        self.enabled = True
+        self.failures: list[str] = []
+        self.captures = 0
+        self.replays = 0
+
+    def get(self, signature: Hashable) -> FusedGraph | None:
+        graph = self._graphs.get(signature)
+        if graph is not None:
+            self._graphs.move_to_end(signature)
+        return graph
+
+    def capture(
+        self, signature: Hashable, host_scale: torch.Tensor, device: torch.device, body: Callable[[torch.Tensor], None], keep_alive: list
+    ) -> FusedGraph | None:
+        """Run ``body`` once eagerly on a side stream (this is the apply's own write), then capture it for later
+        replays. Returns None, and turns graphs off for this engine, if capture fails."""
+        scale = torch.empty(host_scale.shape, dtype=host_scale.dtype, device=device)
+        scale.copy_(host_scale, non_blocking=True)
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            body(scale)
+        current.wait_stream(side)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                body(scale)
+        except Exception as exc:  # capture is an optimisation: eager writes already happened above
+            self.enabled = False
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+            return None
+        self.captures += 1
+        entry = FusedGraph(graph, scale, keep_alive)
+        self._graphs[signature] = entry
+        while len(self._graphs) > CAPACITY:
+            self._graphs.popitem(last=False)
+        return entry
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def __len__(self) -> int:
+        return len(self._graphs)
