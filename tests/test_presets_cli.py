@@ -68,12 +68,13 @@ def test_save_warns_about_missing_files(env, capsys) -> None:
 
 
 def test_export_import_delete(env, capsys) -> None:
-    for name in ("one", "two"):
-        assert run(capsys, "save", name, "--prompt", f"<lora:{name}:0.5:lbw=MINE>")[0] == 0
+    code, _, err = run(capsys, "save", "one", "--prompt", "<lora:one:0.5:lbw=MINE>")
+    assert code == 0 and "unknown block-weight preset 'MINE'" in err
     lbw = env["tmp"] / "lbwpresets.txt"
     lbw.write_text("MINE:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1\nBAD:1,2\n")
     code, out, err = run(capsys, "import", "--lbw", str(lbw))
     assert code == 0 and "block presets: MINE" in out and "line 2" in err
+    assert run(capsys, "save", "two", "--prompt", "<lora:two:0.5:lbw=MINE>") == (0, f"saved 'two': 1 LoRA(s) in {env['store']}\n", "")
     shared = env["tmp"] / "shared.json"
     code, out, _ = run(capsys, "export", "one", "two", "-o", str(shared))
     assert code == 0 and json.loads(shared.read_text())["block_presets"] == {"MINE": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"}

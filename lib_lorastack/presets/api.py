@@ -192,6 +192,7 @@ def save_preset(store: PresetStore, body: Any, *, resolver: LoraResolver | None 
                 family=family,
                 scale=_number(data, "scale", 1.0),
                 resolver=resolver,
+                block_presets=store.load().block_presets,
             )
         existed = preset.name in store.load().presets
         stored = store.save(preset, overwrite=overwrite)

@@ -98,13 +98,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_save(args: argparse.Namespace) -> int:
     from .imports import preset_from_prompt
 
+    store = _store(args)
     preset, messages = preset_from_prompt(
         args.name, args.prompt, args.negative or "", description=args.description or "", family=args.family,
-        scale=args.scale, resolver=_resolver(args),
+        scale=args.scale, resolver=_resolver(args), block_presets=store.load().block_presets,
     )  # fmt: skip
     _warn(messages)
-    stored = _store(args).save(preset, overwrite=args.overwrite)
-    print(f"saved {stored.name!r}: {len(stored.entries)} LoRA(s) in {_store(args).path}")
+    stored = store.save(preset, overwrite=args.overwrite)
+    print(f"saved {stored.name!r}: {len(stored.entries)} LoRA(s) in {store.path}")
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -63,11 +63,13 @@ def preset_from_prompt(
     family: str | None = None,
     scale: float = 1.0,
     resolver: LoraResolver | None = None,
+    block_presets: Mapping[str, str] | None = None,
 ) -> tuple[Preset, list[str]]:
     """A preset from the LoRA tags of ``prompt`` (their weights and block arguments); the other words become the
     trigger words, those of ``negative`` the negative ones. With a ``resolver`` each LoRA's hash, file name and alias
-    are recorded. Returns the preset (checked) and messages; ``PresetSchemaError`` when it cannot be a preset."""
-    request = parse_prompt(prompt)
+    are recorded. ``block_presets``: the store's, so that ``lbw=NAME`` of one of them is known. Returns the preset
+    (checked) and messages; ``PresetSchemaError`` when it cannot be a preset."""
+    request = parse_prompt(prompt, presets=block_presets)
     messages = [d.message for d in request.diagnostics if d.severity != "info"]
     others = sorted({t.kind for t in find_tags(prompt) if t.kind not in LORA_TAGS})
     if others:

@@ -13,6 +13,7 @@ import difflib
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -82,7 +83,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -99,13 +100,25 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.close(fd)
 
 
+def _replace(src: Path, dst: Path) -> None:
+    """``os.replace``; on Windows a reader holding ``dst`` open makes it fail for a moment, so retry briefly."""
+    for attempt in range(50):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if os.name != "nt" or attempt == 49:
+                raise
+            time.sleep(0.02)
+
+
 def encode_document(doc: PresetDocument) -> bytes:
     return (json.dumps(document_to_json(doc), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 class PresetStore:
     """Presets in the JSON file ``path``. Holds no state between calls except a read cache keyed on the file's
-    size and mtime; any number of stores (and processes) may share one file."""
+    identity, size and times; any number of stores (and processes) may share one file."""
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 10.0, max_bytes: int = MAX_FILE_BYTES) -> None:
         self.path = Path(path)
@@ -113,7 +126,7 @@ class PresetStore:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.lock_timeout = lock_timeout
         self.max_bytes = max_bytes
-        self._cache: tuple[tuple[int, int], PresetDocument] | None = None
+        self._cache: tuple[tuple[int, ...], PresetDocument] | None = None
 
     # ---- reading ----
 
@@ -151,7 +164,7 @@ class PresetStore:
         """The current document (a copy; change the store through its methods). Raises ``PresetFileError``."""
         try:
             st = self.path.stat()
-            key = (st.st_size, st.st_mtime_ns)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         except OSError:
             key = None
         if key is not None and self._cache is not None and self._cache[0] == key:
