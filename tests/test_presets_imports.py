@@ -163,3 +163,7 @@ def test_merge_modes() -> None:
         merge_into(doc, [uses_b], {"B": other_b})
     merge_into(doc, [uses_b], {"B": other_b}, mode="rename")
     assert doc.block_presets["B_2"] == other_b and doc.presets["uses"].entries[0].lbw == "B_2"
+    long = "L" * 100
+    doc.block_presets[long] = other_b
+    merge_into(doc, [], {long: "1," * 16 + "1"}, mode="rename")
+    assert "L" * 98 + "_2" in doc.block_presets  # still a valid name

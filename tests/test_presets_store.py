@@ -72,7 +72,9 @@ def test_hostile_names_never_reach_the_disk(tmp_path: Path) -> None:
     for name in ["../x", "a/b", "a\x00b", "a\nb", "x" * 10_000, "<lora:x:1>"]:
         with pytest.raises(PresetSchemaError):
             store.save(simple(name))
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["presets.json", "presets.json.lock"]
+    store.save(simple("Marque été 日本語 👩\u200d💻"))
+    assert [p.name for p in PresetStore(store.path).list()] == ["ok", "Marque été 日本語 👩\u200d💻"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["presets.json", "presets.json.bak", "presets.json.lock"]
     assert list(tmp_path.iterdir()) == [tmp_path / "d"]
 
 
@@ -157,6 +159,19 @@ def test_size_limit(tmp_path: Path) -> None:
         for i in range(100):
             store.save(simple(f"preset number {i}"))
     PresetStore(store.path, max_bytes=2000).load()  # what was written stays valid
+
+
+def test_nothing_unreadable_is_ever_written(tmp_path: Path) -> None:
+    store = PresetStore(tmp_path / "presets.json")
+    store.save(simple("a"))
+    before = store.path.read_bytes()
+
+    def sneak(doc) -> None:  # a change that bypasses the checks (a bug elsewhere) must not reach the disk
+        doc.presets["bad"] = Preset("bad", (PresetEntry("x", float("nan")),))
+
+    with pytest.raises(PresetSchemaError, match="finite"):
+        store.update(sneak)
+    assert store.path.read_bytes() == before
 
 
 def test_lock_excludes_and_times_out(tmp_path: Path) -> None:

@@ -318,8 +318,11 @@ def merge_into(
 
 def _unique_block(name: str, taken: dict[str, str]) -> str:
     n = 2
-    while f"{name}_{n}" in taken:
+    while True:
+        suffix = f"_{n}"
+        candidate = name[: MAX_NAME - len(suffix)].rstrip() + suffix
+        if candidate not in taken:
+            return candidate
         n += 1
-    return f"{name}_{n}"
 
 

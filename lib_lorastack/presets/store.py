@@ -113,7 +113,7 @@ def _replace(src: Path, dst: Path) -> None:
 
 
 def encode_document(doc: PresetDocument) -> bytes:
-    return (json.dumps(document_to_json(doc), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return (json.dumps(document_to_json(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 class PresetStore:
@@ -212,6 +212,7 @@ class PresetStore:
             return result
 
     def _write(self, doc: PresetDocument, previous: bytes | None) -> None:
+        document_from_json(document_to_json(doc))  # never write what could not be read back (PresetSchemaError)
         data = encode_document(doc)
         if len(data) > self.max_bytes:
             raise PresetError(f"preset file {self.path} would be {len(data)} bytes; the limit is {self.max_bytes}")
