@@ -206,3 +206,17 @@ def test_concurrent_saves_from_processes_lose_nothing(tmp_path: Path) -> None:
     names = set(PresetStore(path).load().presets)
     assert names == {"existing"} | {f"w{w}-{i}" for w in range(4) for i in range(10)}
     PresetStore(path).load_backup()  # the backup is a valid file too
+
+
+def test_block_presets_in_the_store(tmp_path: Path) -> None:
+    store = PresetStore(tmp_path / "presets.json")
+    vector = "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"
+    assert store.save_block_presets({"MINE": vector}) == ["MINE"]
+    with pytest.raises(PresetConflictError):
+        store.save_block_presets({"MINE": "0," * 16 + "0"}, overwrite=False)
+    with pytest.raises(PresetSchemaError, match="3 values"):
+        store.save_block_presets({"SHORT": "1,0,0"})
+    assert store.load().block_presets == {"MINE": vector}
+    store.delete_block_preset("MINE")
+    with pytest.raises(PresetNotFoundError):
+        store.delete_block_preset("MINE")

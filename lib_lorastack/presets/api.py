@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..syntax.format import format_entry
 from ..syntax.request import Diagnostic, StackEntry
 from .errors import (
     PresetConflictError,
@@ -115,8 +116,6 @@ def _number(body: dict[str, Any], key: str, default: float) -> float:
 
 
 def entry_json(entry: StackEntry) -> dict[str, Any]:
-    from ..syntax.format import format_entry
-
     out = {k: getattr(entry, k) for k in ("name", "te", "unet", "dyn", "lbw", "lbwe", "x", "start", "stop")}
     out["tag"] = format_entry(entry)
     return out

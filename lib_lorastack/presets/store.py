@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 from .errors import PresetConflictError, PresetError, PresetFileError, PresetNotFoundError, PresetSchemaError
 from .lock import FileLock
 from .model import Preset, PresetDocument, now_iso
-from .validate import NewerSchemaError, check_name, check_preset, document_from_json, document_to_json
+from .validate import (
+    NewerSchemaError,
+    block_presets_from_json,
+    check_name,
+    check_preset,
+    document_from_json,
+    document_to_json,
+)
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 T = TypeVar("T")
@@ -264,9 +271,7 @@ class PresetStore:
         return self.update(change)
 
     def save_block_presets(self, presets: dict[str, str], *, overwrite: bool = True) -> list[str]:
-        """Add LBW block presets (already checked by ``imports.read_lbw_presets``); returns the names written."""
-        from .validate import block_presets_from_json
-
+        """Add LBW block presets (checked again here); returns the names written."""
         checked = block_presets_from_json(presets)
 
         def change(doc: PresetDocument) -> list[str]:
