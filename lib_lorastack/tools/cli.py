@@ -37,6 +37,7 @@ def _inspect(argv: list[str]) -> int:
 COMMANDS = {
     "inspect": (_inspect, "what LoRA files contain"),
     "demo": ("lib_lorastack.tools.demo", "parse a prompt, load the example LoRAs, patch an SD1.5-shaped model"),
+    "preset": ("lib_lorastack.presets.cli", "named LoRA stacks: list, show, save, export, import, delete"),
 }
 
 
