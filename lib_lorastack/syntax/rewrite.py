@@ -99,7 +99,8 @@ def set_lora_tag(
 
     ``target`` is a ``StackEntry`` (all of its values are written, then ``changes`` applied) or a name (the tag's
     current values with ``changes`` applied; a tag the parser rejects starts from ``StackEntry(name)``).
-    ``changes`` are fields of ``StackEntry``: te, unet, dyn, lbw, lbwe, x, start, stop (None removes one)."""
+    ``changes`` are fields of ``StackEntry``: te, unet, dyn, lbw, lbwe, x, start, stop (None drops an optional one).
+    Only the fields given change: ``te=0.5`` on ``<lora:n:0.7>`` gives ``<lora:n:0.5:0.7>`` (pass ``unet`` too)."""
     name = target.name if isinstance(target, StackEntry) else target
     tags = find_lora_tags(text, name, presets=presets)
     if not tags:
