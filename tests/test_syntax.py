@@ -111,3 +111,12 @@ def test_user_presets_make_the_legacy_form_known() -> None:
     request = parse_prompt("<lora:x:1:MINE>", presets={"MINE": ",".join(["1"] * 17)})
     assert request.entries[0].lbw == "MINE"
     assert parse_prompt("<lora:x:1:MINE>").errors  # unknown without the preset: a bad number
+
+
+def test_stack_order_is_the_webuis_lora_tags_then_lyco_tags() -> None:
+    """The WebUI groups tags by kind (its alias lookup), kinds in order of first appearance."""
+    assert parse_prompt("<lora:a:1> <lyco:b:1> <lora:c:1>").names() == ["a", "c", "b"]
+    assert parse_prompt("<lyco:b:1> x <lora:a:1> <lyco:d:1>").names() == ["b", "d", "a"]
+    # the later copy of a repeated LoRA is the later one in that order
+    r = parse_prompt("<lora:a:0.2> <lyco:a:0.9> <lora:a:0.5>")
+    assert [(e.name, e.te) for e in r.entries] == [("a", 0.9)]

@@ -338,7 +338,11 @@ class PatchEngine:
         for key in keys:
             plan = plans[key]
             param = self._param(key)
-            program = self.program(plan, param)
+            try:
+                program = self.program(plan, param)
+            except BaseException as exc:
+                tag(exc, plan)
+                raise
             writes.append(Write(key, plan, param, program, choose_path(program, plan.strengths, param, self.tensor_cores)))
         batch = WriteBatch(writes, self.compute_dtype)
         with exact_half_products():

@@ -28,8 +28,8 @@ ParamKey = tuple[str, str]  # (module name, parameter name)
 class StackLayer:
     """One LoRA of a stack. ``block_weight`` maps a module name to its block multiplier (None: 1 everywhere).
 
-    ``start``/``stop`` follow lora-block-weight: the LoRA is active at step s when ``start <= s`` (if set) and
-    ``s < stop`` (if set).
+    ``start``/``stop`` follow lora-block-weight: the LoRA's UNet part is active at step s when ``start <= s`` (if
+    set) and ``s < stop`` (if set). Its text-encoder part always applies (the conditioning is computed once).
     """
 
     lora: ParsedLora
@@ -237,8 +237,7 @@ def build_plan(
     skipped: list[Skipped] = []
     modes = binder.modes.setdefault(choose_mode, {})
     for order, layer in enumerate(stack):
-        if not layer.active_at(step):
-            continue
+        unet_active = layer.active_at(step)  # schedules gate the UNet: the text encoder runs once, before step 0
         bound, faults = binder.bind(layer.lora)
         skipped += faults
         te, unet = float(layer.te), float(layer.unet)
@@ -246,6 +245,8 @@ def build_plan(
         if layer.block_weight is not None:
             weight = blocks.table(layer.block_weight) if blocks is not None else layer.block_weight
         for b in bound:
+            if not (b.is_te or unet_active):
+                continue
             strength = te if b.is_te else unet
             if weight is not None:
                 strength *= weight(b.key[0])

@@ -10,9 +10,9 @@ from ..errors import LoraFileError
 from ..formats.loader import load_lora
 from ..formats.lora import ParsedLora
 from ..formats.targets import Family
-from ..syntax import StackRequest
+from ..syntax import StackEntry, StackRequest
 from ..syntax.lbw import BlockWeights, resolve_block_weights
-from .catalog import LoraCatalog
+from .catalog import CatalogEntry, LoraCatalog
 
 
 @dataclass
@@ -20,6 +20,8 @@ class ResolvedStack:
     layers: list[StackLayer]
     messages: list[str] = field(default_factory=list)  # one per LoRA that could not be used, naming it and why
     block_weights: dict[str, BlockWeights] = field(default_factory=dict)
+    entries: list[StackEntry] = field(default_factory=list)  # the request entry of each layer (same order)
+    found: list[CatalogEntry] = field(default_factory=list)  # the index entry of each layer (same order)
 
 
 class LoraCache:
@@ -75,4 +77,6 @@ def resolve_request(
             out.messages += [f"LoRA {entry.name!r}: {note}" for note in bw.notes]
             weight_fn = None if bw.is_identity else bw.weight_for
         out.layers.append(StackLayer(lora, entry.te, entry.unet, weight_fn, entry.start, entry.stop))
+        out.entries.append(entry)
+        out.found.append(found)
     return out

@@ -132,11 +132,12 @@ def _entry(tag: RawTag, presets: Mapping[str, str], diags: list[Diagnostic]) -> 
 
 
 def parse_prompt(prompt: str, negative: str = "", *, presets: Mapping[str, str] | None = None) -> StackRequest:
-    """Every ``<lora:…>``/``<lyco:…>`` tag of the positive prompt, in order, and every problem found."""
+    """Every ``<lora:…>``/``<lyco:…>`` tag of the positive prompt, in the WebUI's stack order (``webui_order``), and
+    every problem found."""
     table = {**DEFAULT_PRESETS, **(presets or {})}
     diags: list[Diagnostic] = []
     entries: list[StackEntry] = []
-    for tag in find_tags(prompt):
+    for tag in webui_order(find_tags(prompt)):
         if tag.kind not in LORA_TAGS:
             continue
         try:
@@ -156,6 +157,15 @@ def parse_prompt(prompt: str, negative: str = "", *, presets: Mapping[str, str] 
                 )
             )
     return StackRequest(tuple(entries), tuple(diags), strip_tags(prompt))
+
+
+def webui_order(tags: list[RawTag]) -> list[RawTag]:
+    """The order in which the WebUI hands tags to their handler: grouped by tag kind, the kinds in the order of
+    their first appearance, text order within a kind (``<lora:a> <lyco:b> <lora:c>`` is a, c, b)."""
+    kinds: dict[str, int] = {}
+    for tag in tags:
+        kinds.setdefault(tag.kind, len(kinds))
+    return sorted(tags, key=lambda t: kinds[t.kind])
 
 
 def _dedupe(entries: list[StackEntry], diags: list[Diagnostic]) -> list[StackEntry]:
