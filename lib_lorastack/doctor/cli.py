@@ -112,8 +112,12 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load(args):
-    family, items = load_stack(_sources(args), args.family)
+def _load(args, *, out: str | None = None, force: bool = False):
+    """The stack and the base; with ``out``, first refuse an output that is an input or exists (before any work)."""
+    sources = _sources(args)
+    if out is not None:
+        check_output(out, [*([args.base] if args.base else []), *(s.path for s in sources)], force=force)
+    family, items = load_stack(sources, args.family)
     base = BaseCheckpoint(args.base) if args.base else None
     return family, items, base
 
@@ -174,8 +178,7 @@ def _bake(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.method == "checkpoint" and not args.base:
         raise LoraStackError("--method checkpoint needs --base CHECKPOINT.safetensors (the model to fuse into)")
-    check_output(args.out, [args.base] if args.base else [], force=args.force)
-    family, items, base = _load(args)
+    family, items, base = _load(args, out=args.out, force=args.force)
     progress = no_progress if args.quiet else ProgressLine()
     if args.method == "checkpoint":
         assert base is not None
@@ -226,8 +229,7 @@ def _merge(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=list(_SAVE_DTYPES), default="fp32")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    check_output(args.out, [args.base] if args.base else [], force=args.force)
-    family, items, base = _load(args)
+    family, items, base = _load(args, out=args.out, force=args.force)
     progress = no_progress if args.quiet else ProgressLine()
     merged = merge_stack(
         items, family, method=args.method, density=args.density, seed=args.seed, rank=args.rank,

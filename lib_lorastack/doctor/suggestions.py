@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
+
 from ..formats.files import trigger_words
 from ..formats.targets import Family
 from ..syntax import StackEntry, format_entry, format_number
@@ -124,9 +126,29 @@ class Plan:
     factors: dict[str, list[float]]  # block → factor per LoRA
 
 
+def _te_drops(m: StackMetrics, items: Sequence[StackItem]) -> list[int]:
+    """The LoRAs whose text-encoder change to switch off when more than ``TE_MAX_LORAS`` have one: those without
+    trigger words first, then the smallest text-encoder change."""
+    if m.te is None:
+        return []
+    carriers = [i for i in range(len(items)) if float(m.te.gram[i, i]) > 0]
+    if len(carriers) <= TE_MAX_LORAS:
+        return []
+    ranked = sorted(carriers, key=lambda i: (not trigger_words(items[i].lora.metadata), -float(m.te.gram[i, i])))
+    return sorted(ranked[TE_MAX_LORAS:])
+
+
 def suggest(m: StackMetrics, items: Sequence[StackItem], findings: Sequence[Finding]) -> Plan:
+    """The text-encoder drops are decided first; the block budgets then see the stack without those changes (a
+    dropped LoRA may have been cancelling another one)."""
     n = len(items)
+    drop = _te_drops(m, items)
     blocks = {b: blk for b, blk in m.blocks.items() if b != OTHER}
+    if drop and "BASE" in blocks:
+        keep = torch.ones(n, dtype=torch.float64)
+        keep[drop] = 0
+        blk = blocks["BASE"]
+        blocks["BASE"] = replace(blk, gram=blk.gram * keep[:, None] * keep[None, :])
     budgets = {b: block_budget(blk) for b, blk in blocks.items()}
     factors = {b: block_multipliers(blk, budgets[b]) for b, blk in blocks.items()}
     entries = [it.entry for it in items]
@@ -150,23 +172,18 @@ def suggest(m: StackMetrics, items: Sequence[StackItem], findings: Sequence[Find
                 tuple(changed),
             )
         )
-
-    if m.te is not None:
-        carriers = [i for i in range(n) if float(m.te.gram[i, i]) > 0]
-        if len(carriers) > TE_MAX_LORAS:
-            ranked = sorted(carriers, key=lambda i: (not trigger_words(items[i].lora.metadata), -float(m.te.gram[i, i])))
-            drop = ranked[TE_MAX_LORAS:]
-            for i in drop:
-                entries[i] = replace(entries[i], te=0.0)
-            names = ", ".join(items[i].name for i in drop)
-            suggestions.append(
-                Suggestion(
-                    "te",
-                    f"let at most {TE_MAX_LORAS} LoRAs change the text encoders: te=0 for {names} "
-                    "(no trigger words, or the smallest text-encoder change)",
-                    tuple(entries[i] for i in drop),
-                )
+    if drop:
+        for i in drop:
+            entries[i] = replace(entries[i], te=0.0)
+        names = ", ".join(items[i].name for i in drop)
+        suggestions.append(
+            Suggestion(
+                "te",
+                f"let at most {TE_MAX_LORAS} LoRAs change the text encoders: te=0 for {names} "
+                "(no trigger words, or the smallest text-encoder change)",
+                tuple(entries[i] for i in drop),
             )
+        )
 
     suggestions += _time_splits(m, items, findings)
     if n > MANY_LORAS:
