@@ -25,15 +25,19 @@ from tests.helpers.doctor_fixtures import (
 
 
 def _bases(x: torch.Tensor, energy: float | None = None) -> dict[str, torch.Tensor]:
-    """Orthonormal bases of the column (``out``) and row (``in``) spaces of ``x``: every direction with a non-zero
-    singular value, or (``energy``) the leading ones holding that share of ‖x‖²."""
-    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    """Orthonormal bases of the column (``out``) and row (``in``) spaces of the dense ``x``: every direction with a
+    non-zero singular value, or (``energy``) the leading ones holding that share of ‖x‖². From the eigenvectors of
+    the smaller of ``x·xᵀ`` and ``xᵀ·x`` (σ² = eigenvalues); the other side as ``xᵀu/σ`` (or ``xv/σ``)."""
+    wide = x.shape[0] <= x.shape[1]
+    lam, w = torch.linalg.eigh(x @ x.T if wide else x.T @ x)
+    lam, w = lam.flip(0).clamp_min(0), w.flip(1)
     if energy is None:
-        k = int((s > s[0] * 1e-9).sum())
+        k = int((lam > lam[0] * 1e-12).sum())  # eigenvalue noise is ~1e-16·max
     else:
-        e = s**2
-        k = int(((torch.cumsum(e, 0) - e) < energy * e.sum()).sum())
-    return {"out": u[:, :k], "in": vh[:k].T}
+        k = int(((torch.cumsum(lam, 0) - lam) < energy * lam.sum()).sum())
+    w, sigma = w[:, :k], lam[:k].sqrt()
+    other = ((x.T if wide else x) @ w) / sigma
+    return {"out": w, "in": other} if wide else {"out": other, "in": w}
 
 
 def _overlap(qa: torch.Tensor, qb: torch.Tensor) -> float:
@@ -68,7 +72,16 @@ def _brute(items, target) -> list[torch.Tensor | None]:
     return out
 
 
-def test_gram_norms_cosines_and_overlaps_match_brute_force(stack) -> None:
+@pytest.fixture()
+def one_thread():
+    """The brute force runs dozens of SVDs of up to 640×5760: on a busy 2-core machine, threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gram_norms_cosines_and_overlaps_match_brute_force(stack, one_thread) -> None:
     items, targets = stack
     m = measure(items, FAMILY, dtype=torch.float64)
     by_target = {t.target: t for t in m.targets}

@@ -187,11 +187,22 @@ def _whitener(g: torch.Tensor, sizes: Sequence[int], jitter: float) -> torch.Ten
     return out
 
 
+def _congruence(t: torch.Tensor, g: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """``tᵀ·g·t`` for a block-diagonal ``t``; with equal ranks as block products (n²·r³ instead of (n·r)³)."""
+    n, r = len(sizes), sizes[0]
+    if any(size != r for size in sizes):
+        return t.transpose(-1, -2) @ g @ t
+    batch = g.shape[:-2]
+    blocks = torch.stack([t[..., i * r : (i + 1) * r, i * r : (i + 1) * r] for i in range(n)], -3)  # [.., n, r, r]
+    g5 = g.reshape(*batch, n, r, n, r)
+    left = torch.einsum("...api,...apcq->...aicq", blocks, g5)
+    return torch.einsum("...aicq,...cqj->...aicj", left, blocks).reshape(g.shape)
+
+
 def _overlaps(g: torch.Tensor, sizes: Sequence[int], jitter: float, dim: int) -> tuple[torch.Tensor, ...]:
     """Subspace overlaps ``[B, n, n]``, chance levels ``[B, n, n]`` and dimensions ``[B, n]`` of the factor spaces
     whose Gram (over the concatenated ranks) is ``g``."""
-    t = _whitener(g, sizes, jitter)
-    m = t.transpose(-1, -2) @ g @ t  # every Q_aᵀQ_b
+    m = _congruence(_whitener(g, sizes, jitter), g, sizes)  # every Q_aᵀQ_b
     e = _indicator(sizes, m.dtype, m.device)
     k = m.diagonal(dim1=-2, dim2=-1) @ e.T  # tr(Q_aᵀQ_a): the space's dimension
     num = e @ (m * m) @ e.T
