@@ -136,3 +136,9 @@ def test_time_split_for_a_structure_and_a_detail_lora_that_collide() -> None:
 def test_block_runs_group_consecutive_measured_blocks() -> None:
     present = ["BASE", "IN01", "IN02", "IN04", "OUT03", "OUT04", "OUT05"]
     assert block_runs(["OUT05", "IN01", "OUT03", "OUT04", "BASE"], present) == [["BASE", "IN01"], ["OUT03", "OUT04", "OUT05"]]
+
+
+def test_a_stack_with_nothing_to_measure_still_reports() -> None:
+    a = lora("a", factors(doctor_targets(), rank=4, seed=1))
+    r = diagnose([stack_item(a, 0.0)], FAMILY)
+    assert "Nothing to measure" in r.text() and r.to_dict()["blocks"] == {} and r.png()[:4] == b"\x89PNG"

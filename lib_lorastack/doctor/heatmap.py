@@ -62,6 +62,7 @@ def render(panels: Sequence[Panel], columns: Sequence[str], title: str, legend: 
         PAD + label_w + CELL_W * len(columns) + PAD,
         PAD * 2 + text_width(title, 2),
         PAD * 2 + max([text_width(line) for line in legend] + [0]),
+        PAD * 2 + max(text_width(p.title) for p in panels),
     )
     line = HEIGHT + 5
     height = PAD + 2 * HEIGHT + 8

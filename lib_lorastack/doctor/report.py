@@ -116,7 +116,8 @@ def diagnose(
     metrics = measure(items, family, base=base, dtype=dtype, device=device, progress=progress)
     findings = find(metrics, items)
     plan = suggest(metrics, items, findings)
-    return DoctorReport(metrics, items, findings, plan, str(base.path) if base is not None else None)
+    notes = [f"{it.name}: {len(it.lora.problems)} module(s) of the file skipped: {it.lora.problems[0]}" for it in items if it.lora.problems]
+    return DoctorReport(metrics, items, findings, plan, str(base.path) if base is not None else None, notes)
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -132,21 +133,17 @@ def _fixed(v: float) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return ["  " + fmt(header), *("  " + fmt(r) for r in rows)]
 
 
-def format_report(report: DoctorReport, *, layers: int = 5) -> str:
+def _block_tables(report: DoctorReport) -> list[str]:
+    """The per-block table (changes, excess, budget) and the pairwise table (cosine / overlaps)."""
     m = report.metrics
     n = len(m.names)
-    lines = [
-        f"Stack doctor: {m.family.value.upper()}, {n} LoRA{'s' if n != 1 else ''}, {len(m.targets)} layers, "
-        f"measured in {m.seconds:.2f} s" + (f"; base {report.base}" if report.base else "; no base checkpoint"),
-    ]
-    for i, it in enumerate(report.items):
-        lines.append(f"  #{i + 1} {it.name}: {format_entry(it.entry)} ({len(it.lora.modules)} layers)")
     rel = m.has_base
+    lines: list[str] = []
     lines.append("")
     lines.append(
         "Change per block: ‖s·ΔW‖ of each LoRA and of the stack"
@@ -189,6 +186,23 @@ def format_report(report: DoctorReport, *, layers: int = 5) -> str:
                 ]
             )
         lines += _table(header, rows)
+    return lines
+
+
+def format_report(report: DoctorReport, *, layers: int = 5) -> str:
+    m = report.metrics
+    n = len(m.names)
+    lines = [
+        f"Stack doctor: {m.family.value.upper()}, {n} LoRA{'s' if n != 1 else ''}, {len(m.targets)} layers, "
+        f"measured in {m.seconds:.2f} s" + (f"; base {report.base}" if report.base else "; no base checkpoint"),
+    ]
+    for i, it in enumerate(report.items):
+        lines.append(f"  #{i + 1} {it.name}: {format_entry(it.entry)} ({len(it.lora.modules)} layers)")
+    rel = m.has_base
+    if m.blocks:
+        lines += _block_tables(report)
+    else:
+        lines += ["", "Nothing to measure: no LoRA of the stack changes a layer at a non-zero strength"]
     if layers and m.targets:
         key = (lambda t: t.relative or 0.0) if rel else (lambda t: t.combined)
         top = sorted(m.targets, key=key, reverse=True)[:layers]

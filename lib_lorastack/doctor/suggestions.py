@@ -151,13 +151,15 @@ def suggest(m: StackMetrics, items: Sequence[StackItem], findings: Sequence[Find
         blocks["BASE"] = replace(blk, gram=blk.gram * keep[:, None] * keep[None, :])
     budgets = {b: block_budget(blk) for b, blk in blocks.items()}
     factors = {b: block_multipliers(blk, budgets[b]) for b, blk in blocks.items()}
+    if drop and "BASE" in factors:
+        factors["BASE"] = [0.0 if i in drop else f for i, f in enumerate(factors["BASE"])]
     entries = [it.entry for it in items]
     suggestions: list[Suggestion] = []
 
     changed: list[StackEntry] = []
     over = [b for b, blk in blocks.items() if blk.combined > budgets[b] * (1 + 1e-9)]
     for i, item in enumerate(items):
-        touched = {b: factors[b][i] for b, blk in blocks.items() if float(blk.gram[i, i]) > 0}
+        touched = {b: factors[b][i] for b, blk in blocks.items() if float(blk.gram[i, i]) > 0}  # dropped: no BASE
         new = entry_for(item, touched, m.family)
         if new is not None:
             entries[i] = new
