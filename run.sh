@@ -3,6 +3,7 @@
 #   bash run.sh demo        set up (first time) and run the built-in example
 #   bash run.sh test        set up (first time) and run lint + the whole test suite
 #   bash run.sh inspect F…  print what LoRA files contain
+#   bash run.sh doctor|bake|merge …  the stack doctor, baking and merging (docs/doctor.md)
 #   bash run.sh bench       run the benchmarks (benchmarks/README.md)
 # The virtual environment lives in .venv (override with LORASTACK_VENV) and is rebuilt
 # only when requirements/*.txt change.
@@ -33,6 +34,9 @@ case "$cmd" in
     inspect)
         ensure_venv core
         exec "$VENV/bin/python" -m lib_lorastack inspect "$@" ;;
+    doctor|bake|merge)
+        ensure_venv core
+        exec "$VENV/bin/python" -m lib_lorastack "$cmd" "$@" ;;
     test)
         ensure_venv test
         "$VENV/bin/python" -m ruff check .
@@ -41,5 +45,5 @@ case "$cmd" in
         ensure_venv test
         exec "$VENV/bin/python" -m benchmarks "$@" ;;
     *)
-        echo "usage: bash run.sh {demo|test|inspect FILE…|bench}" >&2; exit 2 ;;
+        echo "usage: bash run.sh {demo|test|inspect FILE…|doctor|bake|merge|bench}" >&2; exit 2 ;;
 esac

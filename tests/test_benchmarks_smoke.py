@@ -28,3 +28,10 @@ def test_ratio_math() -> None:
         "diffusers_switch / ours_switch": 20.0,
         "diffusers_apply / ours_apply": 2.5,
     }
+
+
+def test_doctor_benchmark_runs_on_a_few_layers() -> None:
+    from benchmarks.doctor import run_doctor
+
+    r = run_doctor(Family.SD1, count=3, rank=4, repeats=2, limit=5)
+    assert r.layers == 5 and len(r.runs_ms) == 2 and r.median_ms > 0 and r.png_ms > 0

@@ -17,6 +17,8 @@ def test_demo_runs_and_verifies(tmp_path, capsys) -> None:
     assert "restore after online     : bit for bit" in out
     assert "(agree)" in out
     assert "example_style: block weights BASE=1 IN00=0" in out
+    assert "stack doctor" in out and "Stack doctor: SD1, 3 LoRAs" in out
+    assert f"heatmap: {tmp_path / 'doctor.png'}" in out and (tmp_path / "doctor.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resolve_request_reports_missing_and_broken_loras_and_applies_the_rest(tmp_path) -> None:

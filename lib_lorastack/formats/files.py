@@ -124,18 +124,23 @@ class LoraFile:
 
     def trigger_words(self, top: int = 10) -> list[str]:
         """The most frequent training tags (``ss_tag_frequency``), most frequent first."""
-        raw = self.metadata.get("ss_tag_frequency")
-        if not raw:
-            return []
-        try:
-            by_dir = json.loads(raw)
-        except json.JSONDecodeError:
-            return []
-        counts: Counter[str] = Counter()
-        if isinstance(by_dir, dict):
-            for tags in by_dir.values():
-                if isinstance(tags, dict):
-                    for tag, n in tags.items():
-                        if isinstance(n, int | float):
-                            counts[str(tag).strip()] += int(n)
-        return [t for t, _ in counts.most_common(top) if t]
+        return trigger_words(self.metadata, top)
+
+
+def trigger_words(metadata: dict[str, str], top: int = 10) -> list[str]:
+    """The most frequent training tags in a LoRA's metadata (``ss_tag_frequency``), most frequent first."""
+    raw = metadata.get("ss_tag_frequency")
+    if not raw:
+        return []
+    try:
+        by_dir = json.loads(raw)
+    except json.JSONDecodeError:
+        return []
+    counts: Counter[str] = Counter()
+    if isinstance(by_dir, dict):
+        for tags in by_dir.values():
+            if isinstance(tags, dict):
+                for tag, n in tags.items():
+                    if isinstance(n, int | float):
+                        counts[str(tag).strip()] += int(n)
+    return [t for t, _ in counts.most_common(top) if t]

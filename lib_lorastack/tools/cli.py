@@ -34,8 +34,20 @@ def _inspect(argv: list[str]) -> int:
     return max((r.exit_code for r in reports), default=0)
 
 
+def _doctor_command(name: str):
+    def run(argv: list[str]) -> int:
+        from ..doctor import cli
+
+        return getattr(cli, f"{name}_main")(argv)
+
+    return run
+
+
 COMMANDS = {
     "inspect": (_inspect, "what LoRA files contain"),
+    "doctor": (_doctor_command("doctor"), "where the LoRAs of a stack collide; suggested weights; heatmap"),
+    "bake": (_doctor_command("bake"), "freeze a stack into one LoRA or into a checkpoint"),
+    "merge": (_doctor_command("merge"), "merge LoRAs (linear, TIES, DARE, magnitude pruning) into one LoRA"),
     "demo": ("lib_lorastack.tools.demo", "parse a prompt, load the example LoRAs, patch an SD1.5-shaped model"),
     "preset": ("lib_lorastack.presets.cli", "named LoRA stacks: list, show, save, export, import, delete"),
 }

@@ -124,4 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfused vs online outputs  : max relative difference {worst:.2e} over {len(probe)} layers ({'agree' if worst <= tolerance else 'DIFFER'})")
     print(f"restore after fused      : {'bit for bit' if restored else 'NOT EXACT'}")
     print(f"restore after online     : {'bit for bit' if restored_online else 'NOT EXACT'}")
+    _doctor(request, catalog, paths[0].parent)
     return 0 if restored and restored_online and worst <= tolerance else 1
+
+
+def _doctor(request, catalog: LoraCatalog, folder) -> None:
+    """The stack doctor's report on the same stack, and its heatmap next to the example LoRAs."""
+    from ..doctor import StackInputError, diagnose, load_stack
+    from ..doctor.stack import sources_from_request
+
+    print("\nstack doctor")
+    try:
+        family, items = load_stack(sources_from_request(request, catalog), Family.SD1)
+    except StackInputError as e:
+        print(f"  skipped: {e}")
+        return
+    report = diagnose(items, family)
+    print(report.text())
+    png = folder / "doctor.png"
+    png.write_bytes(report.png())
+    print(f"heatmap: {png}")
