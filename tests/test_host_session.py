@@ -31,7 +31,7 @@ def test_jobs_apply_repeat_change_and_clear(folder: Path) -> None:
     again = session.activate(handle, [["char", "0.8"], ["Watercolor", "0.5", "0.3"]])
     assert again.report.weight_writes == 0 and not again.changed and again.console_line() is None
     changed = session.activate(handle, [["char", "0.8"], ["Watercolor", "0.9"]])
-    assert 0 < changed.report.weight_writes
+    assert changed.report.weight_writes > 0
     cleared = session.activate(handle, [])
     assert cleared.report.layers_restored > 0 and "no LoRA" in cleared.console_line()
     assert same_bits(snapshot(model), base)
@@ -43,7 +43,7 @@ def test_jobs_apply_repeat_change_and_clear(folder: Path) -> None:
 
 def test_bad_tags_unknown_and_broken_loras_are_named_and_the_rest_applies(folder: Path) -> None:
     session, _ = make_session(folder)
-    model, handle = model_handle()
+    _model, handle = model_handle()
     act = session.activate(handle, [["char", "0.8x"], ["chr", "1"], ["broken", "1"], ["xl_only", "1"], ["detail", "0.7"]])
     text = "\n".join(act.messages)
     assert "<lora:char:0.8x>" in text and "not a number" in text

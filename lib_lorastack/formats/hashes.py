@@ -78,10 +78,21 @@ class HashCache:
         with self._lock:
             self._entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **asdict(hashes)}
             if self.cache_file:
-                tmp = self.cache_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self._entries), "utf-8")
-                os.replace(tmp, self.cache_file)
+                try:
+                    self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.cache_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(self._entries), "utf-8")
+                    os.replace(tmp, self.cache_file)
+                except OSError:
+                    pass  # the cache is only a cache: keep going with the hashes in memory
         return hashes
+
+
+    def known_short(self, short: str) -> list[tuple[int, int]]:
+        """(size, mtime) of every cached file whose short "addnet" hash is ``short``: a renamed or moved file keeps
+        both, so it can be found again without hashing a whole folder."""
+        with self._lock:
+            return [(e["size"], e["mtime_ns"]) for e in self._entries.values() if e.get("addnet", "")[:12] == short]
 
 
 _default_cache = HashCache()

@@ -1,0 +1,152 @@
+"""Registering with the WebUI: the tag handler, settings, model lifecycle, per-step schedules, paste, unload."""
+
+from __future__ import annotations
+
+import torch
+from modules import extra_networks, patches, script_callbacks, sd_models, shared
+
+from lib_lorastack.host import SECTION, SPECS, STACK_FIELD
+from lib_lorastack.host.infotext import LORA_HASHES, parse_lora_hashes, parse_stack_value, repair_pasted_prompt
+
+from .host import host, log
+from .tags import LoraStackTags
+
+_PATCH_KEY = __name__
+_installed = False
+
+
+def install() -> None:
+    """Called when the WebUI loads ``scripts/lorastack.py`` (again after "Reload UI")."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    script_callbacks.on_before_ui(take_over_tags)
+    script_callbacks.on_ui_settings(add_settings)
+    script_callbacks.on_model_loaded(model_loaded)
+    script_callbacks.on_cfg_denoiser(step_started)
+    script_callbacks.on_infotext_pasted(infotext_pasted)
+    script_callbacks.on_script_unloaded(uninstall)
+    patches.patch(_PATCH_KEY, sd_models, "load_model_weights", _load_model_weights)
+    patches.patch(_PATCH_KEY, sd_models, "send_model_to_trash", _send_model_to_trash)
+
+
+def uninstall() -> None:
+    """Script reload or shutdown: our patches come off the model, the WebUI's functions are put back."""
+    global _installed
+    if not _installed:
+        return
+    _installed = False
+    with torch.no_grad():
+        host().session.clear()
+    for field in ("load_model_weights", "send_model_to_trash"):
+        if patches.original(_PATCH_KEY, sd_models, field) is not None:
+            patches.undo(_PATCH_KEY, sd_models, field)
+
+
+# --------------------------------------------------------------------- tags
+def take_over_tags() -> None:
+    """Runs after the built-in's own ``before_ui`` (it registers first, and metadata.ini orders us after it)."""
+    builtin_handler = extra_networks.extra_network_registry.get("lora")
+    if isinstance(builtin_handler, LoraStackTags):
+        builtin_handler = builtin_handler.builtin
+    handler = LoraStackTags(builtin_handler)
+    extra_networks.register_extra_network(handler)
+    extra_networks.register_extra_network_alias(handler, "lyco")
+    _paste_first()
+
+
+def _paste_first() -> None:
+    """Our paste handler must run before the built-in's, which renames by any hash (the empty file's too) and would
+    leave nothing for us to decide. The WebUI runs callbacks in list order unless an extension's metadata orders
+    them; ours goes first."""
+    callbacks = script_callbacks.callback_map.get("callbacks_infotext_pasted")
+    if not callbacks:
+        return
+    ours = [c for c in callbacks if getattr(c, "callback", None) is infotext_pasted]
+    callbacks[:] = ours + [c for c in callbacks if c not in ours]
+    getattr(script_callbacks, "ordered_callbacks_map", {}).pop("infotext_pasted", None)
+
+
+def takeover_changed() -> None:
+    """Turning the takeover off gives every weight back (the built-in then patches); turning it on makes sure
+    nothing of the built-in stays merged."""
+    h = host()
+    if h.options().takeover:
+        if shared.sd_model is not None:
+            h.builtin_off(shared.sd_model)
+    else:
+        h.builtin_epoch += 1
+        with torch.no_grad():
+            reports = h.session.clear()
+        restored = sum(r.layers_restored for r in reports)
+        log(f"takeover off: {restored} weights restored; the built-in Lora extension handles <lora:…> tags")
+
+
+# --------------------------------------------------------------------- settings
+def add_settings() -> None:
+    import gradio as gr
+
+    for spec in SPECS:
+        if spec.kind == "radio":
+            component, args = gr.Radio, {"choices": list(spec.choices)}
+        elif spec.kind == "number":
+            component, args = gr.Number, {"precision": 0, "minimum": spec.minimum, "maximum": spec.maximum}
+        else:
+            component, args = gr.Checkbox, None
+        onchange = takeover_changed if spec.key == "lorastack_takeover" else None
+        info = shared.OptionInfo(spec.default, spec.label, component, args, onchange=onchange, section=SECTION, category_id="sd")
+        shared.opts.add_option(spec.key, info.info(spec.info) if spec.info else info)
+
+
+# --------------------------------------------------------------------- models
+def _load_model_weights(model, *args, **kwargs):
+    host().release(model, restore=True)  # the new weights replace ours: our copies would be of the old checkpoint
+    return patches.original(_PATCH_KEY, sd_models, "load_model_weights")(model, *args, **kwargs)
+
+
+def _send_model_to_trash(m, *args, **kwargs):
+    if m is not None:
+        host().release(m, restore=False)  # the weights are being discarded
+    return patches.original(_PATCH_KEY, sd_models, "send_model_to_trash")(m, *args, **kwargs)
+
+
+def model_loaded(sd_model) -> None:
+    host().new_key(sd_model)
+
+
+def step_started(params) -> None:
+    sd_model = shared.sd_model
+    key = getattr(sd_model, "_lorastack_key", None)
+    if key is not None:
+        with torch.no_grad():
+            host().session.set_step(key, int(params.sampling_step))
+
+
+# --------------------------------------------------------------------- paste
+def infotext_pasted(infotext: str, params: dict) -> None:
+    """Pasted parameters name LoRAs by the names of whoever made the image: rename them to the local files with
+    the same hashes (only inside the LoRA index; the empty content's hash is never used)."""
+    h = host()
+    if not h.options().takeover:
+        return
+    hashes: dict[str, str] = {}
+    problems: list[str] = []
+    if LORA_HASHES in params:
+        table, found = parse_lora_hashes(params[LORA_HASHES])
+        hashes.update(table)
+        problems += found
+    if STACK_FIELD in params:
+        records, found = parse_stack_value(params[STACK_FIELD])
+        problems += found
+        for r in records:
+            if r.short_hash:
+                hashes.setdefault(r.entry.name, r.short_hash)
+    if hashes:
+        for key in ("Prompt", "Hires prompt"):
+            if isinstance(params.get(key), str):
+                params[key], messages = repair_pasted_prompt(params[key], hashes, h.local_name)
+                problems += messages
+    params.pop(LORA_HASHES, None)  # handled: the built-in's own rename (which trusts the empty hash) has nothing to do
+    for p in problems:
+        log(f"paste: {p}")

@@ -1,0 +1,214 @@
+"""The extension in a stand-in WebUI (tests/webui_stub): the script loaded from its file, jobs run in the WebUI's
+order, the built-in Lora extension beside it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib_lorastack.formats.hashes import compute_hashes
+from tests.helpers.webui import WebUI, same
+
+
+@pytest.fixture
+def webui(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("STUB_DATA_PATH", str(tmp_path / "data"))
+    ui = WebUI(tmp_path)
+    yield ui
+    ui.close()
+
+
+def short(ui: WebUI, name: str) -> str:
+    return compute_hashes(ui.loras / f"{name}.safetensors").short
+
+
+def test_a_lora_job_then_a_plain_job_gives_the_plain_image_bit_for_bit(webui: WebUI) -> None:
+    base, _ = webui.txt2img("a cat")
+    with_lora, p = webui.txt2img("a cat <lora:char:1>")
+    assert not same(base.images[0], with_lora.images[0])
+    assert p.extra_generation_params["Lora hashes"] == f"char: {short(webui, 'char')}"
+    assert p.extra_generation_params["LoRA stack"].startswith(f"char@{short(webui, 'char')}:1")
+    assert "LoRA stack errors" not in p.extra_generation_params
+    after, p2 = webui.txt2img("a cat")
+    assert same(base.images[0], after.images[0])
+    assert "Lora hashes" not in p2.extra_generation_params
+    infotext = with_lora.infotexts[0]
+    assert 'Lora hashes: "char: ' in infotext
+
+
+def test_text_encoder_and_unet_strengths_both_matter(webui: WebUI) -> None:
+    base, _ = webui.txt2img("a cat")
+    te_only, _ = webui.txt2img("a cat <lora:char:1:0>")
+    unet_only, _ = webui.txt2img("a cat <lora:char:0:1>")
+    both, _ = webui.txt2img("a cat <lora:char:1:1>")
+    images = [base, te_only, unet_only, both]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not same(images[i].images[0], images[j].images[0]), (i, j)
+
+
+def test_the_same_image_as_the_builtin_within_rounding(webui: WebUI) -> None:
+    ours, _ = webui.txt2img("a cat <lora:char:0.8> <lora:Watercolor:0.5>")
+    webui.set("lorastack_takeover", False)
+    builtin, p = webui.txt2img("a cat <lora:char:0.8> <lora:Watercolor:0.5>")
+    assert "LoRA stack" not in p.extra_generation_params and "Lora hashes" in p.extra_generation_params
+    assert torch.allclose(ours.images[0].float(), builtin.images[0].float(), atol=2e-3)  # fp16: the built-in rounds after each LoRA
+    assert webui.host().session.patched(webui.model._lorastack_key) == {}  # we hold no patch while off
+
+
+def test_never_two_patchers_when_the_takeover_is_switched_on(webui: WebUI) -> None:
+    alone, _ = webui.txt2img("a cat <lora:detail:1>")
+    webui.txt2img("a cat")
+    webui.set("lorastack_takeover", False)
+    webui.txt2img("a cat <lora:char:1>")  # the built-in merges char and keeps its backups on the layers
+    assert any(getattr(m, "network_weights_backup", None) is not None for m in webui.model.modules())
+    webui.set("lorastack_takeover", True)
+    again, _ = webui.txt2img("a cat <lora:detail:1>")
+    assert same(alone.images[0], again.images[0])  # char (the built-in's) is gone before ours applies
+    assert not any(getattr(m, "network_weights_backup", None) is not None for m in webui.model.modules())
+
+
+def test_repeated_jobs_and_batch_count_patch_once(webui: WebUI) -> None:
+    webui.txt2img("a cat <lora:char:1> <lora:detail:0.5>")
+    engine = webui.engine()
+    writes = engine.stats.weight_writes
+    webui.txt2img("a cat <lora:char:1> <lora:detail:0.5>", n_iter=3)
+    assert engine.stats.weight_writes == writes
+
+
+def test_hires_pass_uses_the_hires_prompts_stack(webui: WebUI) -> None:
+    plain, _ = webui.txt2img("a cat", enable_hr=True, hr_prompt="a cat")
+    hires, p = webui.txt2img("a cat <lora:char:1>", enable_hr=True, hr_prompt="a cat <lora:detail:1>")
+    hashes = p.extra_generation_params["Lora hashes"]
+    assert hashes == f"char: {short(webui, 'char')}, detail: {short(webui, 'detail')}"  # first pass + hires, as the built-in
+    assert p.extra_generation_params["LoRA stack hires"].startswith("detail@")
+    assert not same(plain.images[0], hires.images[0])
+    # the hires prompt without tags: the first pass's LoRA is removed for the hires pass
+    first_only, p = webui.txt2img("a cat <lora:char:1>", enable_hr=True, hr_prompt="a cat")
+    none_hr, _ = webui.txt2img("a cat <lora:char:1>", enable_hr=True, hr_prompt="a cat <lora:char:1>")
+    assert not same(first_only.images[0], none_hr.images[0])
+
+
+def test_schedules_switch_at_steps_and_do_not_leak(webui: WebUI) -> None:
+    base, _ = webui.txt2img("a cat", steps=6)
+    always, _ = webui.txt2img("a cat <lora:char:0:1>", steps=6)
+    late, _ = webui.txt2img("a cat <lora:char:0:1:start=3>", steps=6)
+    assert not same(late.images[0], always.images[0]) and not same(late.images[0], base.images[0])
+    after, _ = webui.txt2img("a cat", steps=6)
+    assert same(after.images[0], base.images[0])
+    early_stop, _ = webui.txt2img("a cat <lora:char:0:1:stop=0>", steps=6)  # never active in the UNet
+    nothing, _ = webui.txt2img("a cat <lora:char:0:0>", steps=6)  # the same text reaches the text encoder
+    assert same(early_stop.images[0], nothing.images[0])
+
+
+def test_the_webuis_order_lora_tags_then_lyco_tags(webui: WebUI) -> None:
+    _, p = webui.txt2img("a cat <lora:char:1> <lyco:detail:1> <lora:Watercolor:1>")
+    names = [part.split(":")[0] for part in p.extra_generation_params["Lora hashes"].split(", ")]
+    assert names == ["char", "Watercolor", "detail"]
+
+
+def test_user_mistakes_are_named_where_the_user_looks_and_the_rest_applies(webui: WebUI, capsys) -> None:
+    base, _ = webui.txt2img("a cat <lora:detail:1>")
+    processed, p = webui.txt2img("a cat <lora:char:0.8x> <lora:chr:1> <lora:broken:1> <lora:xl_only:1> <lora:detail:1>")
+    errors = p.extra_generation_params["LoRA stack errors"]
+    for needle in ("<lora:char:0.8x>", "not a number", "'chr'", "did you mean", "broken", "xl_only"):
+        assert needle in errors, needle
+    assert any("chr" in c for c in p.comments)
+    assert "[LoRA Stack]" in capsys.readouterr().out
+    assert same(processed.images[0], base.images[0])  # detail still applies
+    assert "Traceback" not in errors
+
+
+def test_checkpoint_switch_drops_our_copies_before_the_new_weights_load(webui: WebUI) -> None:
+    base, _ = webui.txt2img("a cat")
+    webui.txt2img("a cat <lora:char:1>")
+    webui.sd_models.reload_model_weights(info=webui.other_ckpt)
+    other, _ = webui.txt2img("a cat")
+    fresh = WebUIModelImage(webui, webui.other_ckpt)
+    assert same(other.images[0], fresh)  # no LoRA and no stale restore of the old checkpoint's weights
+    webui.txt2img("a cat <lora:char:1>")
+    webui.sd_models.reload_model_weights(info=webui.base_ckpt)
+    back, _ = webui.txt2img("a cat")
+    assert same(back.images[0], base.images[0])
+
+
+def WebUIModelImage(webui: WebUI, ckpt) -> torch.Tensor:
+    """The plain image of a freshly loaded checkpoint (a separate model object)."""
+    from tests.helpers.webui import fake_model
+
+    model = fake_model()
+    model.load_state_dict(ckpt.state_dict)
+    model.sd_checkpoint_info = ckpt
+    saved = webui.shared.sd_model
+    webui.shared.sd_model = model
+    try:
+        p = webui.processing.StableDiffusionProcessing(model, "a cat", scripts=None)
+        return webui.processing.process_images(p).images[0]
+    finally:
+        webui.shared.sd_model = saved
+
+
+def test_refiner_gets_its_own_state(webui: WebUI) -> None:
+    """Half-way through sampling the refiner checkpoint is swapped in: our patches leave with the old weights, the
+    refiner runs without them, and the next job starts clean."""
+    base, _ = webui.txt2img("a cat")
+    webui.txt2img("a cat <lora:char:1>", refiner=webui.other_ckpt)
+    webui.sd_models.reload_model_weights(info=webui.base_ckpt)
+    after, _ = webui.txt2img("a cat")
+    assert same(after.images[0], base.images[0])
+
+
+def test_paste_resolves_by_hash_inside_the_index_and_never_by_the_empty_hash(webui: WebUI) -> None:
+    _, p = webui.txt2img("a cat <lora:char:0.8>")
+    infotext = webui.processing.create_infotext(p, "a cat <lora:char:0.8>")
+    os.rename(webui.loras / "char.safetensors", webui.loras / "char_v2.safetensors")
+    webui.networks.list_available_networks()
+    assert webui.paste(infotext)["Prompt"] == "a cat <lora:char_v2:0.8>"
+    zero = compute_hashes(webui.loras / "zero.safetensors").short
+    webui.networks.available_networks["zero"].read_hash()  # the built-in now knows the empty file by the empty hash
+    hostile = f'a dog <lora:mine:1>\nSteps: 4, Lora hashes: "mine: {zero}, evil: ../../x"'
+    assert webui.paste(hostile)["Prompt"] == "a dog <lora:mine:1>"  # the built-in alone would swap in 'zero'
+
+
+def test_images_made_with_the_builtin_paste_correctly(webui: WebUI) -> None:
+    webui.set("lorastack_takeover", False)
+    _, p = webui.txt2img("a cat <lora:Watercolor:0.7>")
+    infotext = webui.processing.create_infotext(p, "a cat <lora:Watercolor:0.7>")
+    webui.set("lorastack_takeover", True)
+    os.rename(webui.loras / "style.safetensors", webui.loras / "style_renamed.safetensors")
+    webui.networks.list_available_networks()
+    assert webui.paste(infotext)["Prompt"] == "a cat <lora:Watercolor:0.7>"  # alias from the file's metadata
+
+
+def test_a_job_that_skips_extra_networks_runs_without_our_loras(webui: WebUI) -> None:
+    base, _ = webui.txt2img("a cat")
+    webui.txt2img("a cat <lora:char:1>")
+    skipped, _ = webui.txt2img("a cat <lora:char:1>", disable_extra_networks=True)
+    assert same(skipped.images[0], base.images[0])
+
+
+def test_settings_section_and_bad_values(webui: WebUI, capsys) -> None:
+    labels = webui.shared.opts.data_labels
+    keys = [k for k, v in labels.items() if v.section == ("lora_stack", "LoRA Stack")]
+    assert {"lorastack_mode", "lorastack_backups", "lorastack_cache_mib", "lorastack_takeover", "lorastack_messages"} <= set(keys)
+    webui.shared.opts.data["lorastack_mode"] = "warp"
+    processed, _ = webui.txt2img("a cat <lora:char:1>")
+    assert "lorastack_mode" in capsys.readouterr().out
+    webui.set("lorastack_mode", "online")
+    online, _ = webui.txt2img("a cat <lora:char:1>")
+    assert torch.allclose(online.images[0].float(), processed.images[0].float(), atol=3e-3)  # fp16 activations
+
+
+def test_without_the_builtin_our_own_index_serves(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STUB_DATA_PATH", str(tmp_path / "data"))
+    ui = WebUI(tmp_path, with_builtin=False)
+    try:
+        base, _ = ui.txt2img("a cat")
+        lora, p = ui.txt2img("a cat <lora:Watercolor:1>")
+        assert not same(base.images[0], lora.images[0])
+        assert p.extra_generation_params["Lora hashes"] == f"Watercolor: {short(ui, 'style')}"
+    finally:
+        ui.close()
