@@ -22,6 +22,7 @@ def install() -> None:
         return
     _installed = True
     script_callbacks.on_before_ui(take_over_tags)
+    script_callbacks.on_app_started(lambda *_: take_over_tags())  # after every extension's before_ui, whatever their order
     script_callbacks.on_ui_settings(add_settings)
     script_callbacks.on_model_loaded(model_loaded)
     script_callbacks.on_cfg_denoiser(step_started)
@@ -46,10 +47,13 @@ def uninstall() -> None:
 
 # --------------------------------------------------------------------- tags
 def take_over_tags() -> None:
-    """Runs after the built-in's own ``before_ui`` (it registers first, and metadata.ini orders us after it)."""
-    builtin_handler = extra_networks.extra_network_registry.get("lora")
-    if isinstance(builtin_handler, LoraStackTags):
-        builtin_handler = builtin_handler.builtin
+    """Make our handler the one for ``lora`` and ``lyco``, keeping the built-in's to hand the tags to when the
+    takeover is off. The order of extensions' ``before_ui`` callbacks is not ours to rely on, so this runs there,
+    again when the app has started, and before each job (``ensure_takeover``)."""
+    current = extra_networks.extra_network_registry.get("lora")
+    if isinstance(current, LoraStackTags) and extra_networks.extra_network_aliases.get("lyco") is current:
+        return
+    builtin_handler = current.builtin if isinstance(current, LoraStackTags) else current
     handler = LoraStackTags(builtin_handler)
     extra_networks.register_extra_network(handler)
     extra_networks.register_extra_network_alias(handler, "lyco")

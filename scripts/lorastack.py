@@ -8,6 +8,7 @@ from modules import scripts
 
 from lorastack_webui import install
 from lorastack_webui.host import host
+from lorastack_webui.install import take_over_tags
 
 install()
 
@@ -23,7 +24,9 @@ class LoraStackScript(scripts.Script):
         return []
 
     def process(self, p, *args):
-        """A job that skips extra networks must not run with the previous job's LoRAs merged in."""
+        """Our tag handler is in place (another extension may have registered its own since), and a job that skips
+        extra networks does not run with the previous job's LoRAs merged in."""
+        take_over_tags()
         if getattr(p, "disable_extra_networks", False) and host().options().takeover:
             with torch.no_grad():
                 host().session.clear()

@@ -212,3 +212,15 @@ def test_without_the_builtin_our_own_index_serves(tmp_path: Path, monkeypatch) -
         assert p.extra_generation_params["Lora hashes"] == f"Watercolor: {short(ui, 'style')}"
     finally:
         ui.close()
+
+
+def test_our_handler_takes_over_whatever_order_extensions_register_in(webui: WebUI) -> None:
+    from modules import extra_networks
+
+    handler = extra_networks.extra_network_registry["lora"]
+    assert type(handler).__name__ == "LoraStackTags" and extra_networks.extra_network_aliases["lyco"] is handler
+    assert type(handler.builtin).__name__ == "ExtraNetworkLora"
+    # another registration after start (e.g. a reloaded UI): the next job takes the tags back
+    extra_networks.register_extra_network(handler.builtin)
+    _, p = webui.txt2img("a cat <lora:char:1>")
+    assert "LoRA stack" in p.extra_generation_params

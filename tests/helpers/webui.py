@@ -60,14 +60,17 @@ class WebUI:
         scripts = importlib.import_module("modules.scripts")
         self.shared.cmd_opts.lora_dir = str(self.loras)
         self.networks = None
+        # Our script loads first here: the real WebUI (v1.10.1, --data-dir) ran our before_ui before the built-in's,
+        # so the built-in registers its handler after ours and we take over again once the app has started.
+        _module, classes = scripts.load_script_file(str(ROOT / "scripts" / "lorastack.py"), str(ROOT))
+        assert len(classes) == 1, classes
         if with_builtin:
             scripts.load_script_file(str(STUB / "builtin_lora" / "scripts" / "lora_script.py"), str(STUB / "builtin_lora"))
             self.networks = importlib.import_module("networks")
             self.networks.list_available_networks()
-        _module, classes = scripts.load_script_file(str(ROOT / "scripts" / "lorastack.py"), str(ROOT))
-        assert len(classes) == 1, classes
         self.callbacks.before_ui_callback()
         self.callbacks.ui_settings_callback()
+        self.callbacks.app_started_callback(None, None)
         self.runner = scripts.ScriptRunner([c() for c in classes])
         self.model = fake_model(seed=0)
         self.base_ckpt = self.sd_models.CheckpointInfo("base.safetensors", {k: v.clone() for k, v in self.model.state_dict().items()})

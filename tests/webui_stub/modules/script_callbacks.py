@@ -57,6 +57,10 @@ def infotext_pasted_callback(infotext, params):
     _call("infotext_pasted", infotext, params)
 
 
+def app_started_callback(demo, app):
+    _call("app_started", demo, app)
+
+
 def script_unloaded_callback():
     _call("script_unloaded")
 
