@@ -224,3 +224,26 @@ def test_our_handler_takes_over_whatever_order_extensions_register_in(webui: Web
     extra_networks.register_extra_network(handler.builtin)
     _, p = webui.txt2img("a cat <lora:char:1>")
     assert "LoRA stack" in p.extra_generation_params
+
+
+def test_lowvram_style_moves_between_jobs(webui: WebUI) -> None:
+    """--lowvram/--medvram move modules between devices: every parameter gets new storage. Patches travel with the
+    weights, and restores write into wherever the weights are now."""
+    base, _ = webui.txt2img("a cat")
+    lora, _ = webui.txt2img("a cat <lora:char:1> <lora:detail:0.5>")
+
+    def move_everything() -> None:
+        with torch.no_grad():
+            for module in webui.model.modules():
+                for name, param in list(module.named_parameters(recurse=False)):
+                    param.data = param.data.clone()  # what .to(other device) and back does to a parameter
+
+    move_everything()
+    again, _ = webui.txt2img("a cat <lora:char:1> <lora:detail:0.5>")
+    assert same(again.images[0], lora.images[0])
+    move_everything()
+    changed, _ = webui.txt2img("a cat <lora:char:0.3>")
+    move_everything()
+    plain, _ = webui.txt2img("a cat")
+    assert same(plain.images[0], base.images[0])
+    assert not same(changed.images[0], base.images[0])
