@@ -124,15 +124,23 @@ class StackSession:
         self._models: dict[object, _ModelState] = {}
 
     # ----------------------------------------------------------------- jobs
-    def activate(self, model: ModelHandle, tags: Sequence[Sequence[str]], *, seed: int = 0) -> Activation:
-        """Apply the stack the tags ask for (each tag as the WebUI split its arguments: name first)."""
+    def activate(
+        self, model: ModelHandle, tags: Sequence[Sequence[str]], *, seed: int = 0, multiplier: float = 1.0, mode: str | None = None
+    ) -> Activation:
+        """Apply the stack the tags ask for (each tag as the WebUI split its arguments: name first), every strength
+        times ``multiplier``; ``mode`` overrides the setting for this job."""
         start = time.perf_counter()
         options = self.options()
+        if mode is not None and mode != options.mode:
+            options = replace(options, mode=mode)
         out = Activation(mode=options.mode)
         texts = [tag_text(items) for items in tags if items]
         text = " ".join(texts)
         request = parse_prompt(text, presets=self.block_presets())
         out.messages += [f"{_tag_at(texts, d.span[0])}: {d.message}" for d in request.diagnostics]
+        if multiplier != 1.0:
+            scaled = tuple(replace(e, te=e.te * multiplier, unet=e.unet * multiplier) for e in request.entries)
+            request = replace(request, entries=scaled)
         state = self._state(model, options)
         resolved = self._resolve(request, model, seed)
         out.messages += resolved.messages
