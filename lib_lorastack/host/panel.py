@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from ..syntax import StackEntry, parse_prompt
 from ..syntax.format import format_number
 from ..syntax.lbw import DEFAULT_PRESETS, spec_fault
-from ..syntax.rewrite import add_lora_tag, remove_lora_tags, set_lora_tag
+from ..syntax.rewrite import add_lora_tag, remove_lora_tags
 
 MAX_ROWS = 64
 MAX_STATE_CHARS = 65536
