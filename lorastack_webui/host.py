@@ -42,6 +42,8 @@ class WebUIHost:
         self._reported: set[str] = set()
         self._lbw: tuple[float, dict] | None = None
         self.builtin_epoch = 0  # counts the times the takeover was turned off (the built-in may patch again)
+        self.last_job = ""  # what the last activation applied, for the panel's summary
+        self.prompts: dict[str, object] = {}  # "txt2img"/"img2img" → the prompt textbox (for the panel)
         self.session = StackSession(catalog=self.catalog, options=self.options, short_hash=self.hashes.short, block_presets=self.lbw_presets)
 
     # ----------------------------------------------------------------- settings

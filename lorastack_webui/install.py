@@ -28,6 +28,8 @@ def install() -> None:
     script_callbacks.on_cfg_denoiser(step_started)
     script_callbacks.on_infotext_pasted(infotext_pasted)
     script_callbacks.on_script_unloaded(uninstall)
+    script_callbacks.on_after_component(remember_prompts)
+    script_callbacks.on_before_ui(xyz_axes)
     patches.patch(_PATCH_KEY, sd_models, "load_model_weights", _load_model_weights)
     patches.patch(_PATCH_KEY, sd_models, "send_model_to_trash", _send_model_to_trash)
 
@@ -85,6 +87,23 @@ def takeover_changed() -> None:
             reports = h.session.clear()
         restored = sum(r.layers_restored for r in reports)
         log(f"takeover off: {restored} weights restored; the built-in Lora extension handles <lora:…> tags")
+
+
+def remember_prompts(component, **kwargs) -> None:
+    """The prompt textboxes, for the panel (they are created before the scripts' UI)."""
+    elem_id = kwargs.get("elem_id")
+    if elem_id in ("txt2img_prompt", "img2img_prompt"):
+        host().prompts[elem_id.split("_")[0]] = component
+
+
+def xyz_axes() -> None:
+    from .services import lora_names
+    from .xyz import add_axes
+
+    try:
+        add_axes(lora_names)
+    except Exception as exc:  # the plot is optional: the rest works without our axes
+        log(f"could not add X/Y/Z plot axes: {type(exc).__name__}: {exc}")
 
 
 # --------------------------------------------------------------------- settings

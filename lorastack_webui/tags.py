@@ -26,6 +26,9 @@ class LoraStackTags(extra_networks.ExtraNetwork):
             return self.builtin.activate(p, params_list)
         tags = [[str(i) for i in params.items] for params in params_list if params.items]
         tags = _add_network_to_prompt(p, tags)
+        panel = getattr(p, "_lorastack_panel", None)  # the panel's rows for this job (scripts/lorastack.py process)
+        if panel is not None:
+            tags += panel.tags
         sd_model = p.sd_model
         handle = h.model_handle(sd_model)
         hires = bool(getattr(p, "is_hr_pass", False))
@@ -37,7 +40,12 @@ class LoraStackTags(extra_networks.ExtraNetwork):
             return
         h.builtin_off(sd_model)
         seeds = getattr(p, "all_seeds", None) or [0]
-        activation = h.session.activate(handle, tags, seed=int(seeds[0]))
+        multiplier, mode = (panel.multiplier, panel.mode) if panel is not None else (1.0, None)
+        activation = h.session.activate(handle, tags, seed=int(seeds[0]), multiplier=multiplier, mode=mode)
+        if panel is not None:
+            for m in panel.messages:
+                if m not in job["messages"]:
+                    job["messages"].append(m)
         job["pairs"] += [(u.mentioned, u.short_hash or "") for u in activation.uses]
         job["stack" if not hires else "hires"] = activation.stack_field()
         for m in activation.messages:
@@ -46,6 +54,7 @@ class LoraStackTags(extra_networks.ExtraNetwork):
         line = activation.console_line()
         if line:
             print(line, flush=True)
+        h.last_job = _last_job(activation)
         if options.popup and activation.messages:
             _popup(activation.messages)
         _write(p, job, options)
@@ -54,6 +63,15 @@ class LoraStackTags(extra_networks.ExtraNetwork):
         if not host().options().takeover and self.builtin is not None:
             return self.builtin.deactivate(p)
         return None
+
+
+def _last_job(activation) -> str:
+    r = activation.report
+    if not activation.uses:
+        return "no LoRA"
+    names = ", ".join(u.mentioned for u in activation.uses)
+    work = f"{r.layers_written} weights written" if r is not None and r.layers_written else "nothing to rewrite"
+    return f"{names} ({activation.mode}): {work} in {activation.seconds * 1000:.0f} ms"
 
 
 def _job(p, hires: bool) -> dict:

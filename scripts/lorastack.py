@@ -1,7 +1,10 @@
-"""LoRA Stack for the AUTOMATIC1111 WebUI: every <lora:…>/<lyco:…> tag through the lorastack engine.
+"""LoRA Stack for the AUTOMATIC1111 WebUI: every <lora:…>/<lyco:…> tag through the lorastack engine, and the
+"LoRA Stack" panel under txt2img and img2img.
 
 Thin on purpose: the logic is in lib_lorastack (host-free) and lorastack_webui (the adapter).
 """
+
+import json
 
 import torch
 from modules import scripts
@@ -9,6 +12,9 @@ from modules import scripts
 from lorastack_webui import install
 from lorastack_webui.host import host
 from lorastack_webui.install import take_over_tags
+from lorastack_webui.job import panel_job
+from lorastack_webui.panel import build_panel, rows_from_infotext, wire
+from lorastack_webui.services import services
 
 install()
 
@@ -21,12 +27,23 @@ class LoraStackScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return []
+        tab = "img2img" if is_img2img else "txt2img"
+        panel = build_panel(services(), tab)
+        prompt = host().prompts.get(tab)
+        if prompt is not None:
+            wire(panel, prompt)
+        self.infotext_fields = [
+            (panel.enabled, lambda d: bool(json.loads(rows_from_infotext(d, "LoRA stack"))["rows"])),
+            (panel.state, lambda d: rows_from_infotext(d, "LoRA stack")),
+        ]
+        self.paste_field_names = ["LoRA stack"]
+        return [panel.enabled, panel.state]
 
-    def process(self, p, *args):
-        """Our tag handler is in place (another extension may have registered its own since), and a job that skips
-        extra networks does not run with the previous job's LoRAs merged in."""
+    def process(self, p, enabled=False, state=None, *args):
+        """Our tag handler is in place (another extension may have registered its own since); the panel's rows
+        join the job; a job that skips extra networks does not run with the previous job's LoRAs merged in."""
         take_over_tags()
+        p._lorastack_panel = panel_job(p, enabled, state) if host().options().takeover else None
         if getattr(p, "disable_extra_networks", False) and host().options().takeover:
             with torch.no_grad():
                 host().session.clear()

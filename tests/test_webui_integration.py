@@ -3,6 +3,7 @@ order, the built-in Lora extension beside it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -235,7 +236,7 @@ def test_lowvram_style_moves_between_jobs(webui: WebUI) -> None:
     def move_everything() -> None:
         with torch.no_grad():
             for module in webui.model.modules():
-                for name, param in list(module.named_parameters(recurse=False)):
+                for _name, param in list(module.named_parameters(recurse=False)):
                     param.data = param.data.clone()  # what .to(other device) and back does to a parameter
 
     move_everything()
@@ -247,3 +248,61 @@ def test_lowvram_style_moves_between_jobs(webui: WebUI) -> None:
     plain, _ = webui.txt2img("a cat")
     assert same(plain.images[0], base.images[0])
     assert not same(changed.images[0], base.images[0])
+
+
+def test_panel_rows_apply_without_touching_the_prompt(webui: WebUI) -> None:
+    tagged, _ = webui.txt2img("a cat <lora:char:0.7>")
+    rows = json.dumps({"rows": [{"lora": "char", "te": 0.7, "unet": 0.7}]})
+    panel, p = webui.txt2img("a cat", script_args=[True, rows])
+    assert same(panel.images[0], tagged.images[0])
+    assert p.prompt == "a cat" and p.extra_generation_params["LoRA stack"].startswith("char@")
+    closed, _ = webui.txt2img("a cat", script_args=[False, rows])  # the panel switched off adds nothing
+    plain, _ = webui.txt2img("a cat")
+    assert same(closed.images[0], plain.images[0])
+
+
+def test_the_prompt_tag_wins_over_a_panel_row_and_the_summary_says_so(webui: WebUI) -> None:
+    tagged, _ = webui.txt2img("a cat <lora:char:0.7>")
+    rows = json.dumps([{"lora": "char", "te": 0.2}])
+    both, p = webui.txt2img("a cat <lora:char:0.7>", script_args=[True, rows])
+    assert same(both.images[0], tagged.images[0])
+    assert "prompt's tag is used" in p.extra_generation_params["LoRA stack errors"]
+
+
+def test_multiplier_and_mode_override_from_the_api_argument(webui: WebUI) -> None:
+    half, _ = webui.txt2img("a cat <lora:char:0.5>")
+    scaled, _ = webui.txt2img("a cat <lora:char:1>", script_args=[True, {"rows": [], "multiplier": 0.5}])
+    assert same(scaled.images[0], half.images[0])
+    online, _ = webui.txt2img("a cat <lora:char:0.5>", script_args=[True, {"rows": [], "mode": "online"}])
+    assert torch.allclose(online.images[0].float(), half.images[0].float(), atol=3e-3)
+    assert webui.engine().mode == "online"
+
+
+def test_malformed_api_argument_is_named_and_the_rest_applies(webui: WebUI) -> None:
+    detail, _ = webui.txt2img("a cat", script_args=[True, [{"lora": "detail", "te": 1}]])
+    bad = [{"lora": "detail", "te": 1}, {"lora": "char", "te": "lots"}, {"lora": "x", "colour": 2}]
+    processed, p = webui.txt2img("a cat", script_args=[True, bad])
+    errors = p.extra_generation_params["LoRA stack errors"]
+    assert "row 2: te 'lots' is not a number" in errors and "row 3: unknown field(s) 'colour'" in errors
+    assert same(processed.images[0], detail.images[0])
+    broken, p = webui.txt2img("a cat", script_args=[True, "{not json"])
+    assert "not JSON" in p.extra_generation_params["LoRA stack errors"]
+
+
+def test_xyz_axes_change_the_rows_of_the_job(webui: WebUI) -> None:
+    from lorastack_webui.xyz import _change, _with_row
+
+    p = webui.processing.StableDiffusionProcessing(webui.shared.sd_model, "a cat", scripts=webui.runner, script_args=[False, ""])
+    _change(p, lambda s: _with_row(s, 2, lora="detail", te=0.4))
+    enabled, state = p.script_args
+    rows = json.loads(state)["rows"]
+    assert enabled is True and [r["lora"] for r in rows] == ["", "detail"] and rows[1]["unet"] == 0.4
+
+
+def test_pasted_infotext_restores_panel_rows(webui: WebUI) -> None:
+    from lorastack_webui.panel import rows_from_infotext
+
+    _, p = webui.txt2img("a cat <lora:char:1>", script_args=[True, [{"lora": "detail", "te": 0.3, "lbw": "OUTALL"}]])
+    params = webui.paste(webui.processing.create_infotext(p, "a cat <lora:char:1>"))
+    rows = json.loads(rows_from_infotext(params, "LoRA stack"))["rows"]
+    assert [r["lora"] for r in rows] == ["detail"] and rows[0]["te"] == 0.3 and rows[0]["lbw"].startswith("1,0,0")

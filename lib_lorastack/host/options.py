@@ -33,6 +33,8 @@ SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("lorastack_cache_mib", 2048, "Memory for LoRA factors kept on the GPU (MiB)", "number", minimum=0, maximum=1 << 20),
     OptionSpec("lorastack_messages", MESSAGES_CHOICES[0], "Where problems with LoRAs are shown", "radio", MESSAGES_CHOICES,
                info="the console line and the infotext field 'LoRA stack errors' are always written"),
+    OptionSpec("lorastack_rows", 6, "Rows in the LoRA Stack panel", "number", minimum=1, maximum=32,
+               info="shown one by one as 'Add row' is pressed; needs a reload of the UI"),
     OptionSpec("lorastack_infotext", True, "Write the 'LoRA stack' field into the infotext", "checkbox",
                info="names, short hashes, strengths, resolved block weights and schedules of the applied LoRAs"),
 )  # fmt: skip
@@ -46,6 +48,7 @@ class StackOptions:
     cache_mib: int = 2048
     messages: str = MESSAGES_CHOICES[0]
     infotext: bool = True
+    rows: int = 6
 
     @property
     def engine_backups(self) -> str:
@@ -63,6 +66,7 @@ class StackOptions:
 _FIELDS = {
     "lorastack_takeover": "takeover", "lorastack_mode": "mode", "lorastack_backups": "backups",
     "lorastack_cache_mib": "cache_mib", "lorastack_messages": "messages", "lorastack_infotext": "infotext",
+    "lorastack_rows": "rows",
 }  # fmt: skip
 
 

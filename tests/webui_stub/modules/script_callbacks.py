@@ -30,6 +30,7 @@ on_cfg_denoiser = _on("cfg_denoiser")
 on_infotext_pasted = _on("infotext_pasted")
 on_script_unloaded = _on("script_unloaded")
 on_app_started = _on("app_started")
+on_after_component = _on("after_component")
 
 
 def _call(category, *args):
@@ -55,6 +56,11 @@ def cfg_denoiser_callback(params):
 
 def infotext_pasted_callback(infotext, params):
     _call("infotext_pasted", infotext, params)
+
+
+def after_component_callback(component, **kwargs):
+    for c in list(callback_map["callbacks_after_component"]):
+        c.callback(component, **kwargs)
 
 
 def app_started_callback(demo, app):

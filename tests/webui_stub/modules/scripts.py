@@ -8,6 +8,7 @@ import sys
 
 AlwaysVisible = object()
 _current_basedir = None
+scripts_data: list = []  # ScriptClassData of every loaded script (the X/Y/Z plot looks for itself here)
 
 
 def basedir():

@@ -1,0 +1,33 @@
+"""What the panel adds to one job: its rows as tags, the multiplier, a mode override, and messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lib_lorastack.host.panel import panel_tags, parse_state
+
+from .host import host
+
+
+@dataclass
+class PanelJob:
+    tags: list[list[str]] = field(default_factory=list)
+    multiplier: float = 1.0
+    mode: str | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def panel_job(p, enabled, state) -> PanelJob | None:
+    """The panel's contribution to job ``p`` (None when the panel is off and asks nothing)."""
+    if not enabled:
+        return None
+    parsed = parse_state(state, host().lbw_presets())
+    prompt = (getattr(p, "all_prompts", None) or [getattr(p, "prompt", "")])[0]
+    tags, notes = panel_tags(parsed.state, prompt if isinstance(prompt, str) else "")
+    job = PanelJob(tags, parsed.state.multiplier, parsed.state.mode, parsed.problems + notes)
+    if tags or job.multiplier != 1.0:
+        # the conditioning cache is keyed on the prompt's tags: rows and the multiplier change the text encoder too
+        for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+            if hasattr(p, name):
+                setattr(p, name, [None, None])
+    return job

@@ -1,0 +1,65 @@
+"""The panel's services in the WebUI: the LoRA index as the cards show it, defaults from the LoRA's own data, the
+loaded model's family, the last job's line."""
+
+from __future__ import annotations
+
+from modules import shared
+
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.host.library import family_of_metadata, lora_defaults
+
+from . import builtin
+from .host import family_of, host
+from .panel import PanelServices
+
+
+def current_family() -> Family | None:
+    model = shared.sd_model if shared.sd_model is not None else None
+    return None if model is None else family_of(model)
+
+
+def lora_names(show_all: bool) -> list[str]:
+    """The names a card would insert (alias or file name, as the built-in's setting says), for the loaded model's
+    family unless ``show_all`` (LoRAs of unknown base model are shown, as the cards show them)."""
+    family = current_family()
+    catalog = host().catalog()
+    net = builtin.networks()
+    names: list[str] = []
+    for entry in {str(e.path): e for e in catalog.entries.values()}.values():
+        lora_family = family_of_metadata(entry.metadata)
+        if not show_all and family is not None and lora_family is not None and lora_family is not family:
+            continue
+        on_disk = net.available_networks.get(entry.name) if net is not None else None
+        names.append(on_disk.get_alias() if on_disk is not None else entry.name)
+    return sorted(set(names), key=str.lower)
+
+
+def defaults(name: str) -> tuple[float | None, str]:
+    entry = host().catalog().find(name) if name else None
+    if entry is None:
+        return None, ""
+    return lora_defaults(entry.path, entry.metadata)
+
+
+def wrong_family(names: list[str]) -> list[str]:
+    family = current_family()
+    if family is None:
+        return []
+    catalog = host().catalog()
+    out = []
+    for name in names:
+        entry = catalog._lookup(name)
+        lora_family = None if entry is None else family_of_metadata(entry.metadata)
+        if lora_family is not None and lora_family is not family:
+            out.append(name)
+    return out
+
+
+def services() -> PanelServices:
+    from modules.ui_components import InputAccordion
+
+    h = host()
+    return PanelServices(
+        lora_names=lora_names, lora_defaults=defaults, family=current_family, block_presets=h.lbw_presets,
+        wrong_family=wrong_family, last_job=lambda: h.last_job, accordion=InputAccordion, max_rows=h.options().rows,
+    )  # fmt: skip
