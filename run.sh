@@ -26,6 +26,29 @@ ensure_venv() {  # $1: requirements set (core | test)
     echo "$want" >"$stamp"
 }
 
+ensure_ui_venv() {  # the panel's browser tests: gradio 3.41.2 as the WebUI pins it, in its own environment
+    local ui="${LORASTACK_UI_VENV:-.venv-ui}" stamp want
+    stamp="$ui/.lorastack-ui"
+    want="$(sha256sum requirements/ui.txt | cut -d' ' -f1)"
+    if [[ -x "$ui/bin/python" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+        UI_PY="$ui/bin/python"; return
+    fi
+    echo "[lorastack] setting up $ui (browser-test requirements)…" >&2
+    [[ -x "$ui/bin/python" ]] || "$PY" -m venv "$ui"
+    "$ui/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+    "$ui/bin/python" -m pip install -q --disable-pip-version-check -r requirements/ui.txt
+    echo "$want" >"$stamp"
+    UI_PY="$ui/bin/python"
+}
+
+ensure_browser() {  # Debian's chromium and its driver (nothing downloads a browser)
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return; fi
+    echo "[lorastack] installing Debian's chromium and chromium-driver…" >&2
+    local sudo=""
+    [[ "$(id -u)" == 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 cmd="${1:-demo}"; shift || true
 case "$cmd" in
     demo)
@@ -34,16 +57,21 @@ case "$cmd" in
     inspect)
         ensure_venv core
         exec "$VENV/bin/python" -m lib_lorastack inspect "$@" ;;
-    doctor|bake|merge)
+    doctor|bake|merge|preset)
         ensure_venv core
         exec "$VENV/bin/python" -m lib_lorastack "$cmd" "$@" ;;
     test)
         ensure_venv test
         "$VENV/bin/python" -m ruff check .
+        if [[ $# -eq 0 ]]; then  # the whole suite: the panel in a real browser first, then everything else
+            ensure_ui_venv
+            ensure_browser
+            LORASTACK_UI_TESTS=1 LORASTACK_ARTIFACTS="${LORASTACK_ARTIFACTS:-tests/ui/artifacts}" "$UI_PY" -m pytest tests/ui -p no:cacheprovider
+        fi
         "$VENV/bin/python" -m pytest "$@" ;;
     bench)
         ensure_venv test
         exec "$VENV/bin/python" -m benchmarks "$@" ;;
     *)
-        echo "usage: bash run.sh {demo|test|inspect FILE…|doctor|bake|merge|bench}" >&2; exit 2 ;;
+        echo "usage: bash run.sh {demo|test|inspect FILE…|doctor|bake|merge|preset|bench}" >&2; exit 2 ;;
 esac

@@ -184,7 +184,10 @@ def wire(panel: Panel, prompt: gr.Textbox) -> None:
         result = finish(state, text or "")
         return [result[0], *result[2:]]  # not the prompt itself: it is what changed
 
-    prompt.change(on_prompt, inputs=[panel.state, prompt], outputs=[panel.state, *rows_out, panel.summary], show_progress=False)
+    # gradio 3.41 drops a trigger while the same event is still running, so fast typing can leave the rows one
+    # keystroke behind: leaving the prompt box (blur) syncs again with its final text.
+    for event in (prompt.change, prompt.blur):
+        event(on_prompt, inputs=[panel.state, prompt], outputs=[panel.state, *rows_out, panel.summary], show_progress=False)
 
     def edit(i: int, name: str) -> Callable:
         def handler(state_json: str, text: str, value):
@@ -225,7 +228,13 @@ def wire(panel: Panel, prompt: gr.Textbox) -> None:
 
     for i, r in enumerate(panel.rows):
         for name in ("enabled", "lora", "te", "unet", "linked", "in_prompt", "preset", "lbw", "start", "stop"):
-            r[name].input(edit(i, name), inputs=[panel.state, prompt, r[name]], outputs=outputs, show_progress=False)
+            # sliders report on release (gradio 3.41 drops an event's triggers while it runs: typing "0.5" would
+            # otherwise stop at "0"); the others on each user input
+            events = [r[name].release] if name in ("te", "unet") else [r[name].input]
+            if name == "lbw":
+                events.append(r[name].blur)  # validated as you type; the final text counts when the box is left
+            for event in events:
+                event(edit(i, name), inputs=[panel.state, prompt, r[name]], outputs=outputs, show_progress=False)
 
         def button(i: int, action: str) -> Callable:
             def handler(state_json: str, text: str):
@@ -265,7 +274,7 @@ def wire(panel: Panel, prompt: gr.Textbox) -> None:
 
     extras["add"].click(on_add, inputs=[panel.state, prompt], outputs=outputs, show_progress=False)
     extras["clear"].click(on_clear, inputs=[panel.state, prompt], outputs=outputs, show_progress=False)
-    panel.multiplier.input(on_multiplier, inputs=[panel.state, prompt, panel.multiplier], outputs=outputs, show_progress=False)
+    panel.multiplier.release(on_multiplier, inputs=[panel.state, prompt, panel.multiplier], outputs=outputs, show_progress=False)
 
     def on_choices(show_all: bool):
         names = services.lora_names(bool(show_all))

@@ -9,9 +9,8 @@ import json
 import torch
 from modules import scripts
 
-from lorastack_webui import install
 from lorastack_webui.host import host
-from lorastack_webui.install import take_over_tags
+from lorastack_webui.install import install, take_over_tags
 from lorastack_webui.job import panel_job
 from lorastack_webui.panel import build_panel, rows_from_infotext, wire
 from lorastack_webui.services import services

@@ -75,7 +75,7 @@ class Checkbox(_Component):
     pass
 
 
-class components:  # noqa: N801 - gradio's module name
+class components:
     Component = _Component
 
 
@@ -83,5 +83,5 @@ def update(**kwargs):
     return {"__type__": "update", **kwargs}
 
 
-def Warning(message: str) -> None:  # noqa: N802 - gradio's name
+def Warning(message: str) -> None:
     warnings.append(message)

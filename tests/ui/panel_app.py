@@ -1,0 +1,32 @@
+"""The LoRA Stack panel in a plain gradio 3.41 app (the WebUI's gradio pin): a prompt textbox like the WebUI's and
+the same panel, over a LoRA folder made in code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from lib_lorastack.formats.targets import Family
+from lib_lorastack.host.library import lora_defaults
+from lib_lorastack.stack import LoraCatalog
+from lorastack_webui.panel import PanelServices, build_panel, wire
+
+
+def make_app(lora_dir: Path, prompt: str = "") -> gr.Blocks:
+    catalog = LoraCatalog(lora_dir)
+
+    def names(show_all: bool) -> list[str]:
+        return sorted({e.alias for e in catalog.entries.values()}, key=str.lower)
+
+    def defaults(name: str):
+        entry = catalog.find(name) if name else None
+        return (None, "") if entry is None else lora_defaults(entry.path, entry.metadata)
+
+    services = PanelServices(lora_names=names, lora_defaults=defaults, family=lambda: Family.SD1, max_rows=4,
+                             last_job=lambda: "")
+    with gr.Blocks(title="LoRA Stack panel") as demo:
+        text = gr.Textbox(prompt, label="Prompt", elem_id="txt2img_prompt", lines=3)
+        panel = build_panel(services, "txt2img")
+        wire(panel, text)
+    return demo
