@@ -285,7 +285,7 @@ def test_malformed_api_argument_is_named_and_the_rest_applies(webui: WebUI) -> N
     errors = p.extra_generation_params["LoRA stack errors"]
     assert "row 2: te 'lots' is not a number" in errors and "row 3: unknown field(s) 'colour'" in errors
     assert same(processed.images[0], detail.images[0])
-    broken, p = webui.txt2img("a cat", script_args=[True, "{not json"])
+    _, p = webui.txt2img("a cat", script_args=[True, "{not json"])
     assert "not JSON" in p.extra_generation_params["LoRA stack errors"]
 
 
