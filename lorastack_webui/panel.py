@@ -93,9 +93,9 @@ def build_panel(services: PanelServices, tab: str) -> Panel:
             with gr.Group(visible=False, elem_id=f"{prefix}_row{i}", elem_classes=["lorastack-row"]) as r["group"]:
                 with gr.Row():
                     r["enabled"] = gr.Checkbox(True, label="on", elem_id=f"{prefix}_row{i}_enabled", scale=0, min_width=60)
-                    r["lora"] = gr.Dropdown(names, value=None, label=f"LoRA {i + 1}", allow_custom_value=True, elem_id=f"{prefix}_row{i}_lora", scale=3)
-                    r["te"] = gr.Slider(-2.0, 3.0, value=1.0, step=0.05, label="TE", elem_id=f"{prefix}_row{i}_te", scale=2)
-                    r["unet"] = gr.Slider(-2.0, 3.0, value=1.0, step=0.05, label="UNet", elem_id=f"{prefix}_row{i}_unet", scale=2)
+                    r["lora"] = gr.Dropdown(names, value=None, label=f"LoRA {i + 1}", allow_custom_value=True, elem_id=f"{prefix}_row{i}_lora", scale=3, min_width=140)
+                    r["te"] = gr.Slider(-2.0, 3.0, value=1.0, step=0.05, label="TE", elem_id=f"{prefix}_row{i}_te", scale=2, min_width=110)
+                    r["unet"] = gr.Slider(-2.0, 3.0, value=1.0, step=0.05, label="UNet", elem_id=f"{prefix}_row{i}_unet", scale=2, min_width=110)
                     r["linked"] = gr.Checkbox(True, label="🔗", elem_id=f"{prefix}_row{i}_linked", scale=0, min_width=60)
                     r["in_prompt"] = gr.Checkbox(False, label="in prompt", elem_id=f"{prefix}_row{i}_in_prompt", scale=0, min_width=100)
                     r["triggers"] = gr.Button("🏷", elem_id=f"{prefix}_row{i}_triggers", scale=0, min_width=40)
@@ -103,10 +103,10 @@ def build_panel(services: PanelServices, tab: str) -> Panel:
                     r["down"] = gr.Button("↓", elem_id=f"{prefix}_row{i}_down", scale=0, min_width=40)
                     r["remove"] = gr.Button("✖", elem_id=f"{prefix}_row{i}_remove", scale=0, min_width=40)
                 with gr.Row():
-                    r["preset"] = gr.Dropdown(["", *presets], value="", label="Block preset", elem_id=f"{prefix}_row{i}_preset", scale=1)
-                    r["lbw"] = gr.Textbox("", label="Block weights (preset or vector)", elem_id=f"{prefix}_row{i}_lbw", scale=3)
-                    r["start"] = gr.Number(None, label="start step", precision=0, elem_id=f"{prefix}_row{i}_start", scale=1)
-                    r["stop"] = gr.Number(None, label="stop step", precision=0, elem_id=f"{prefix}_row{i}_stop", scale=1)
+                    r["preset"] = gr.Dropdown(["", *presets], value="", label="Block preset", elem_id=f"{prefix}_row{i}_preset", scale=1, min_width=100)
+                    r["lbw"] = gr.Textbox("", label="Block weights (preset or vector)", elem_id=f"{prefix}_row{i}_lbw", scale=3, min_width=140)
+                    r["start"] = gr.Number(None, label="start", precision=0, elem_id=f"{prefix}_row{i}_start", scale=1, min_width=60)
+                    r["stop"] = gr.Number(None, label="stop", precision=0, elem_id=f"{prefix}_row{i}_stop", scale=1, min_width=60)
             rows.append(r)
         with gr.Accordion("Block weights editor", open=False, elem_id=f"{prefix}_blocks"):
             with gr.Row():
