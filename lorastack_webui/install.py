@@ -23,6 +23,7 @@ def install() -> None:
     _installed = True
     script_callbacks.on_before_ui(take_over_tags)
     script_callbacks.on_app_started(lambda *_: take_over_tags())  # after every extension's before_ui, whatever their order
+    script_callbacks.on_app_started(add_routes)
     script_callbacks.on_ui_settings(add_settings)
     script_callbacks.on_model_loaded(model_loaded)
     script_callbacks.on_cfg_denoiser(step_started)
@@ -106,6 +107,19 @@ def xyz_axes() -> None:
         log(f"could not add X/Y/Z plot axes: {type(exc).__name__}: {exc}")
 
 
+def add_routes(_demo, app) -> None:
+    """The preset routes (/lorastack/…), behind the WebUI's API credentials when it runs with --api-auth."""
+    if app is None:
+        return
+    from .api import credentials_from, make_router
+    from .presets import family_name, resolver, store
+
+    try:
+        app.include_router(make_router(store, resolver, family_name, credentials_from(getattr(shared.cmd_opts, "api_auth", None))))
+    except Exception as exc:  # the rest of the extension works without the routes
+        log(f"could not add the preset API routes: {type(exc).__name__}: {exc}")
+
+
 # --------------------------------------------------------------------- settings
 def add_settings() -> None:
     import gradio as gr
@@ -115,6 +129,8 @@ def add_settings() -> None:
             component, args = gr.Radio, {"choices": list(spec.choices)}
         elif spec.kind == "number":
             component, args = gr.Number, {"precision": 0, "minimum": spec.minimum, "maximum": spec.maximum}
+        elif spec.kind == "text":
+            component, args = gr.Textbox, None
         else:
             component, args = gr.Checkbox, None
         onchange = takeover_changed if spec.key == "lorastack_takeover" else None

@@ -48,6 +48,21 @@ class PanelServices:
     last_job: Callable[[], str] = lambda: ""
     accordion: Callable | None = None  # the WebUI's InputAccordion (an accordion with an on/off switch)
     max_rows: int = 6
+    presets: PresetActions | None = None
+
+
+@dataclass
+class PresetActions:
+    """The panel's preset buttons (each raises ``LoraStackError`` subclasses with a message for the user)."""
+
+    names: Callable[[], list[str]]
+    rows_of: Callable[[str], tuple[list[Row], list[str]]]  # name → rows (found by hash first), messages
+    save: Callable[..., list[str]]  # (name, state, prompt, triggers, overwrite=) → messages
+    delete: Callable[[str], None]
+    rename: Callable[[str, str], None]
+    duplicate: Callable[[str, str], None]
+    export: Callable[[list[str]], str]  # names → path of a JSON file to download
+    import_file: Callable[[str], list[str]]  # path of an uploaded file → messages
 
 
 ROW_CONTROLS = ("group", "enabled", "lora", "te", "unet", "linked", "in_prompt", "preset", "lbw", "start", "stop")
@@ -118,11 +133,38 @@ def build_panel(services: PanelServices, tab: str) -> Panel:
             with gr.Row():
                 for b in FULL_LAYOUT[Family.SD1]:
                     sliders.append(gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label=b, visible=b in block_ids, elem_id=f"{prefix}_block_{b}", min_width=90))
+        preset_controls = _preset_controls(services, prefix) if services.presets is not None else None
         panel_summary = gr.HTML(_html(summary(PanelState(), "")), elem_id=f"{prefix}_summary")
     panel = Panel(enabled, state, rows, panel_summary, multiplier)
+    panel.preset_controls = preset_controls  # type: ignore[attr-defined]
     panel.extras = dict(add=add, clear=clear, show_all=show_all, refresh=refresh, block_row=block_row, load=load, write=write, sliders=sliders)  # type: ignore[attr-defined]
     panel.services = services  # type: ignore[attr-defined]
     return panel
+
+
+def _preset_controls(services: PanelServices, prefix: str) -> dict:
+    c: dict = {}
+    with gr.Accordion("Presets", open=False, elem_id=f"{prefix}_presets"):
+        with gr.Row():
+            c["choice"] = gr.Dropdown(services.presets.names(), value=None, label="Preset", elem_id=f"{prefix}_preset_choice", scale=3)  # type: ignore[union-attr]
+            c["refresh"] = gr.Button("🔄", elem_id=f"{prefix}_preset_refresh", scale=0, min_width=40)
+            c["load"] = gr.Button("Load (replace rows)", elem_id=f"{prefix}_preset_load", scale=1)
+            c["append"] = gr.Button("Append rows", elem_id=f"{prefix}_preset_append", scale=1)
+        with gr.Row():
+            c["name"] = gr.Textbox("", label="Name", elem_id=f"{prefix}_preset_name", scale=2)
+            c["triggers"] = gr.Textbox("", label="Trigger words (optional)", elem_id=f"{prefix}_preset_triggers", scale=3)
+            c["save"] = gr.Button("Save rows as", elem_id=f"{prefix}_preset_save", scale=1)
+            c["update"] = gr.Button("Update the preset", elem_id=f"{prefix}_preset_update", scale=1)
+        with gr.Row():
+            c["rename"] = gr.Button("Rename to Name", elem_id=f"{prefix}_preset_rename", scale=1)
+            c["duplicate"] = gr.Button("Duplicate as Name", elem_id=f"{prefix}_preset_duplicate", scale=1)
+            c["confirm"] = gr.Checkbox(False, label="really delete", elem_id=f"{prefix}_preset_confirm", scale=1)
+            c["delete"] = gr.Button("Delete", elem_id=f"{prefix}_preset_delete", scale=1, variant="stop")
+        with gr.Row():
+            c["export"] = gr.Button("Export", elem_id=f"{prefix}_preset_export", scale=1)
+            c["file"] = gr.File(label="Exported / to import", elem_id=f"{prefix}_preset_file", scale=2)
+            c["import"] = gr.Button("Import the file", elem_id=f"{prefix}_preset_import", scale=1)
+    return c
 
 
 def _block_ids(family: Family | None) -> tuple[str, ...]:
@@ -309,6 +351,103 @@ def wire(panel: Panel, prompt: gr.Textbox) -> None:
 
     extras["load"].click(on_load, inputs=[panel.state, extras["block_row"]], outputs=sliders, show_progress=False)
     extras["write"].click(on_write, inputs=[panel.state, prompt, extras["block_row"], *sliders], outputs=outputs, show_progress=False)
+
+    if panel.preset_controls is not None:  # type: ignore[attr-defined]
+        _wire_presets(panel, prompt, outputs, load, finish)
+
+
+def _wire_presets(panel: Panel, prompt, outputs: list, load: Callable, finish: Callable) -> None:
+    from lib_lorastack.errors import LoraStackError
+
+    actions: PresetActions = panel.services.presets  # type: ignore[attr-defined]
+    c = panel.preset_controls  # type: ignore[attr-defined]
+    with_choice = [*outputs, c["choice"]]
+
+    def choices(selected: str | None = None):
+        names = actions.names()
+        return gr.update(choices=names, value=selected if selected in names else None)
+
+    def act(fn: Callable) -> Callable:
+        def handler(state_json: str, text: str, choice: str, name: str, triggers: str, confirm: bool):
+            state = load(state_json)
+            try:
+                state, notes, selected = fn(state, text or "", choice, (name or "").strip(), triggers or "", confirm)
+            except LoraStackError as e:
+                return [*finish(state, text, [f"presets: {e}"]), gr.update()]
+            return [*finish(state, text, notes), choices(selected)]
+
+        return handler
+
+    def loaded(append: bool):
+        def fn(state, text, choice, _name, _triggers, _confirm):
+            if not choice:
+                return state, ["presets: choose a preset first"], choice
+            rows, notes = actions.rows_of(choice)
+            kept = [r for r in state.rows if r.in_prompt or append]
+            room = len(panel.rows) - len(kept)
+            if len(rows) > room:
+                notes.append(f"preset {choice!r}: {len(rows) - room} of its LoRAs do not fit in the panel's rows")
+            return PanelState((*kept, *rows[: max(0, room)]), state.multiplier, state.mode), notes, choice
+
+        return fn
+
+    def save(overwrite_selected: bool):
+        def fn(state, text, choice, name, triggers, _confirm):
+            target = choice if overwrite_selected else name
+            if not target:
+                return state, ["presets: give a name" if not overwrite_selected else "presets: choose a preset first"], choice
+            notes = actions.save(target, state, text, triggers, overwrite=overwrite_selected)
+            return state, [f"preset {target!r} saved", *notes], target
+
+        return fn
+
+    def rename(state, text, choice, name, _triggers, _confirm):
+        if not (choice and name):
+            return state, ["presets: choose a preset and give the new name"], choice
+        actions.rename(choice, name)
+        return state, [f"preset {choice!r} renamed to {name!r}"], name
+
+    def duplicate(state, text, choice, name, _triggers, _confirm):
+        if not (choice and name):
+            return state, ["presets: choose a preset and give the copy's name"], choice
+        actions.duplicate(choice, name)
+        return state, [f"preset {choice!r} copied as {name!r}"], name
+
+    def delete(state, text, choice, _name, _triggers, confirm):
+        if not choice:
+            return state, ["presets: choose a preset first"], choice
+        if not confirm:
+            return state, [f"presets: tick 'really delete' to delete {choice!r}"], choice
+        actions.delete(choice)
+        return state, [f"preset {choice!r} deleted"], None
+
+    inputs = [panel.state, prompt, c["choice"], c["name"], c["triggers"], c["confirm"]]
+    for key, fn in (("load", loaded(False)), ("append", loaded(True)), ("save", save(False)), ("update", save(True)),
+                    ("rename", rename), ("duplicate", duplicate), ("delete", delete)):  # fmt: skip
+        c[key].click(act(fn), inputs=inputs, outputs=with_choice, show_progress=False)
+    c["refresh"].click(lambda choice: choices(choice), inputs=[c["choice"]], outputs=[c["choice"]], show_progress=False)
+
+    def export(choice: str):
+        names = [choice] if choice else actions.names()
+        try:
+            return gr.update(value=actions.export(names))
+        except LoraStackError:
+            return gr.update()
+
+    c["export"].click(export, inputs=[c["choice"]], outputs=[c["file"]], show_progress=False)
+
+    def import_file(state_json: str, text: str, upload):
+        state = load(state_json)
+        path = getattr(upload, "name", upload)
+        if not path:
+            return [*finish(state, text, ["presets: choose a file to import first"]), gr.update()]
+        try:
+            notes = actions.import_file(str(path))
+        except LoraStackError as e:
+            return [*finish(state, text, [f"presets: {e}"]), gr.update()]
+        return [*finish(state, text, notes), choices()]
+
+    c["import"].click(import_file, inputs=[panel.state, prompt, c["file"]], outputs=with_choice, show_progress=False)
 
 
 def rows_from_infotext(params: dict, stack_field: str, prompt_key: str = "Prompt") -> str:

@@ -58,8 +58,11 @@ def wrong_family(names: list[str]) -> list[str]:
 def services() -> PanelServices:
     from modules.ui_components import InputAccordion
 
+    from .presets import actions
+
     h = host()
     return PanelServices(
         lora_names=lora_names, lora_defaults=defaults, family=current_family, block_presets=h.lbw_presets,
         wrong_family=wrong_family, last_job=lambda: h.last_job, accordion=InputAccordion, max_rows=h.options().rows,
+        presets=actions(),
     )  # fmt: skip

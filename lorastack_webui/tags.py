@@ -42,10 +42,9 @@ class LoraStackTags(extra_networks.ExtraNetwork):
         seeds = getattr(p, "all_seeds", None) or [0]
         multiplier, mode = (panel.multiplier, panel.mode) if panel is not None else (1.0, None)
         activation = h.session.activate(handle, tags, seed=int(seeds[0]), multiplier=multiplier, mode=mode)
-        if panel is not None:
-            for m in panel.messages:
-                if m not in job["messages"]:
-                    job["messages"].append(m)
+        for m in [*(panel.messages if panel is not None else []), *getattr(p, "_lorastack_preset_messages", [])]:
+            if m not in job["messages"]:
+                job["messages"].append(m)
         job["pairs"] += [(u.mentioned, u.short_hash or "") for u in activation.uses]
         job["stack" if not hires else "hires"] = activation.stack_field()
         for m in activation.messages:

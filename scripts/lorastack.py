@@ -13,6 +13,7 @@ from lorastack_webui.host import host
 from lorastack_webui.install import install, take_over_tags
 from lorastack_webui.job import panel_job
 from lorastack_webui.panel import build_panel, rows_from_infotext, wire
+from lorastack_webui.presets import expand_job_prompts
 from lorastack_webui.services import services
 
 install()
@@ -37,6 +38,11 @@ class LoraStackScript(scripts.Script):
         ]
         self.paste_field_names = ["LoRA stack"]
         return [panel.enabled, panel.state]
+
+    def before_process(self, p, *args):
+        """``<lorastack:NAME>`` tags become the preset's LoRA tags before the job reads its prompts."""
+        if host().options().takeover:
+            p._lorastack_preset_messages = expand_job_prompts(p)
 
     def process(self, p, enabled=False, state=None, *args):
         """Our tag handler is in place (another extension may have registered its own since); the panel's rows

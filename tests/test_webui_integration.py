@@ -306,3 +306,48 @@ def test_pasted_infotext_restores_panel_rows(webui: WebUI) -> None:
     params = webui.paste(webui.processing.create_infotext(p, "a cat <lora:char:1>"))
     rows = json.loads(rows_from_infotext(params, "LoRA stack"))["rows"]
     assert [r["lora"] for r in rows] == ["detail"] and rows[0]["te"] == 0.3 and rows[0]["lbw"].startswith("1,0,0")
+
+
+def test_preset_tag_expands_before_the_job_and_is_recorded(webui: WebUI) -> None:
+    from lorastack_webui import presets
+
+    presets.save_rows("brand", __import__("lib_lorastack.host.panel", fromlist=["PanelState"]).PanelState(),
+                      "<lora:char:0.8> <lora:Watercolor:0.5:lbw=OUTALL>", "lsx_girl, red scarf", overwrite=False)
+    direct, _ = webui.txt2img("a cat <lora:char:0.8> <lora:Watercolor:0.5:lbw=OUTALL>")
+    processed, p = webui.txt2img("a cat <lorastack:brand>")
+    assert p.prompt.startswith("a cat <lora:char:0.8> <lora:Watercolor:0.5:lbw=OUTALL>")
+    assert same(processed.images[0], webui.txt2img("a cat <lora:char:0.8> <lora:Watercolor:0.5:lbw=OUTALL> lsx_girl, red scarf")[0].images[0])
+    assert "lsx_girl, red scarf" in p.prompt and "LoRA stack errors" not in p.extra_generation_params
+    assert p.extra_generation_params["Lora hashes"].startswith("char: ")
+    half, p2 = webui.txt2img("a cat <lorastack:brand:0.5>")
+    assert "<lora:char:0.4>" in p2.prompt
+    missing, p3 = webui.txt2img("a cat <lorastack:brnd> <lora:detail:1>")
+    errors = p3.extra_generation_params["LoRA stack errors"]
+    assert "no preset named 'brnd'" in errors and "did you mean 'brand'" in errors
+    assert "LoRA stack" in p3.extra_generation_params  # detail still applies
+    del direct, processed, half, missing
+
+
+def test_preset_found_by_hash_after_the_file_is_renamed(webui: WebUI) -> None:
+    from lib_lorastack.host.panel import PanelState
+    from lorastack_webui import presets
+
+    presets.save_rows("one", PanelState(), "<lora:char:0.7>", "", overwrite=False)
+    before, _ = webui.txt2img("a cat <lora:char:0.7>")
+    os.rename(webui.loras / "char.safetensors", webui.loras / "char_renamed.safetensors")
+    webui.networks.list_available_networks()
+    after, p = webui.txt2img("a cat <lorastack:one>")
+    assert "<lora:char_renamed:0.7>" in p.prompt
+    assert same(after.images[0], before.images[0])
+
+
+def test_broken_preset_file_is_named_and_nothing_is_overwritten(webui: WebUI) -> None:
+    from lorastack_webui import presets
+
+    path = presets.store().path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("{ this is not json")
+    _, p = webui.txt2img("a cat <lorastack:any> <lora:detail:1>")
+    errors = p.extra_generation_params["LoRA stack errors"]
+    assert "presets:" in errors and str(Path(path).name) in errors
+    assert "<lorastack" not in p.prompt and Path(path).read_text() == "{ this is not json"

@@ -15,7 +15,7 @@ class OptionSpec:
     key: str
     default: object
     label: str
-    kind: str  # "checkbox", "radio", "number"
+    kind: str  # "checkbox", "radio", "number", "text"
     choices: tuple[str, ...] = ()
     info: str = ""
     minimum: float | None = None
@@ -35,6 +35,8 @@ SPECS: tuple[OptionSpec, ...] = (
                info="the console line and the infotext field 'LoRA stack errors' are always written"),
     OptionSpec("lorastack_rows", 6, "Rows in the LoRA Stack panel", "number", minimum=1, maximum=32,
                info="shown one by one as 'Add row' is pressed; needs a reload of the UI"),
+    OptionSpec("lorastack_presets_file", "", "Preset file (empty: lorastack-presets.json in the WebUI's data folder)", "text"),
+    OptionSpec("lorastack_preset_triggers", True, "Add a preset's trigger words when <lorastack:NAME> expands", "checkbox"),
     OptionSpec("lorastack_infotext", True, "Write the 'LoRA stack' field into the infotext", "checkbox",
                info="names, short hashes, strengths, resolved block weights and schedules of the applied LoRAs"),
 )  # fmt: skip
@@ -49,6 +51,8 @@ class StackOptions:
     messages: str = MESSAGES_CHOICES[0]
     infotext: bool = True
     rows: int = 6
+    presets_file: str = ""
+    preset_triggers: bool = True
 
     @property
     def engine_backups(self) -> str:
@@ -66,7 +70,7 @@ class StackOptions:
 _FIELDS = {
     "lorastack_takeover": "takeover", "lorastack_mode": "mode", "lorastack_backups": "backups",
     "lorastack_cache_mib": "cache_mib", "lorastack_messages": "messages", "lorastack_infotext": "infotext",
-    "lorastack_rows": "rows",
+    "lorastack_rows": "rows", "lorastack_presets_file": "presets_file", "lorastack_preset_triggers": "preset_triggers",
 }  # fmt: skip
 
 
@@ -90,6 +94,8 @@ def _check(spec: OptionSpec, raw: object) -> tuple[object, str | None]:
         return (raw, None) if isinstance(raw, bool) else (None, f"{raw!r} is not on/off")
     if spec.kind == "radio":
         return (raw, None) if raw in spec.choices else (None, f"{raw!r} is not one of {', '.join(spec.choices)}")
+    if spec.kind == "text":
+        return (raw.strip(), None) if isinstance(raw, str) and "\0" not in raw else (None, f"{raw!r} is not text")
     try:
         number = int(raw)  # type: ignore[call-overload]
     except (TypeError, ValueError):

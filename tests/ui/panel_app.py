@@ -7,14 +7,31 @@ from pathlib import Path
 
 import gradio as gr
 
+from lib_lorastack.formats.hashes import HashCache
 from lib_lorastack.formats.targets import Family
+from lib_lorastack.host import preset_rows
 from lib_lorastack.host.library import lora_defaults
+from lib_lorastack.presets.resolve import LoraResolver
+from lib_lorastack.presets.store import PresetStore
 from lib_lorastack.stack import LoraCatalog
-from lorastack_webui.panel import PanelServices, build_panel, wire
+from lorastack_webui.panel import PanelServices, PresetActions, build_panel, wire
 
 
-def make_app(lora_dir: Path, prompt: str = "") -> gr.Blocks:
+def make_app(lora_dir: Path, prompt: str = "", presets_file: Path | None = None) -> gr.Blocks:
     catalog = LoraCatalog(lora_dir)
+    store = PresetStore(presets_file or lora_dir.parent / "presets.json")
+    resolver = LoraResolver(catalog, HashCache())
+    actions = PresetActions(
+        names=lambda: preset_rows.preset_names(store),
+        rows_of=lambda n: preset_rows.rows_of(store, n, resolver, "sd1"),
+        save=lambda name, state, text, triggers, overwrite: preset_rows.save_rows(
+            store, name, state, text, triggers, overwrite=overwrite, resolver=resolver, family="sd1"),
+        delete=store.delete,
+        rename=store.rename,
+        duplicate=lambda a, b: preset_rows.duplicate(store, a, b),
+        export=lambda names: preset_rows.export_file(store, names),
+        import_file=lambda path: preset_rows.import_file(store, path),
+    )
 
     def names(show_all: bool) -> list[str]:
         return sorted({e.alias for e in catalog.entries.values()}, key=str.lower)
@@ -24,7 +41,7 @@ def make_app(lora_dir: Path, prompt: str = "") -> gr.Blocks:
         return (None, "") if entry is None else lora_defaults(entry.path, entry.metadata)
 
     services = PanelServices(lora_names=names, lora_defaults=defaults, family=lambda: Family.SD1, max_rows=4,
-                             last_job=lambda: "")
+                             last_job=lambda: "", presets=actions)
     with gr.Blocks(title="LoRA Stack panel") as demo:
         text = gr.Textbox(prompt, label="Prompt", elem_id="txt2img_prompt", lines=3)
         panel = build_panel(services, "txt2img")

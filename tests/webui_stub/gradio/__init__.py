@@ -75,6 +75,10 @@ class Checkbox(_Component):
     pass
 
 
+class File(_Component):
+    pass
+
+
 class components:
     Component = _Component
 
