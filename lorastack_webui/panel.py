@@ -49,6 +49,15 @@ class PanelServices:
     accordion: Callable | None = None  # the WebUI's InputAccordion (an accordion with an on/off switch)
     max_rows: int = 6
     presets: PresetActions | None = None
+    doctor: DoctorActions | None = None
+
+
+@dataclass
+class DoctorActions:
+    """The stack doctor and the bake (each raises ``LoraStackError`` with a message for the user)."""
+
+    run: Callable[..., tuple[str, str]]  # (state, prompt, with_base, progress) → (report text, heatmap PNG path)
+    bake: Callable[..., str]  # (state, prompt, name, progress) → message
 
 
 @dataclass
@@ -134,9 +143,11 @@ def build_panel(services: PanelServices, tab: str) -> Panel:
                 for b in FULL_LAYOUT[Family.SD1]:
                     sliders.append(gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label=b, visible=b in block_ids, elem_id=f"{prefix}_block_{b}", min_width=90))
         preset_controls = _preset_controls(services, prefix) if services.presets is not None else None
+        doctor_controls = _doctor_controls(prefix) if services.doctor is not None else None
         panel_summary = gr.HTML(_html(summary(PanelState(), "")), elem_id=f"{prefix}_summary")
     panel = Panel(enabled, state, rows, panel_summary, multiplier)
     panel.preset_controls = preset_controls  # type: ignore[attr-defined]
+    panel.doctor_controls = doctor_controls  # type: ignore[attr-defined]
     panel.extras = dict(add=add, clear=clear, show_all=show_all, refresh=refresh, block_row=block_row, load=load, write=write, sliders=sliders)  # type: ignore[attr-defined]
     panel.services = services  # type: ignore[attr-defined]
     return panel
@@ -164,6 +175,19 @@ def _preset_controls(services: PanelServices, prefix: str) -> dict:
             c["export"] = gr.Button("Export", elem_id=f"{prefix}_preset_export", scale=1)
             c["file"] = gr.File(label="Exported / to import", elem_id=f"{prefix}_preset_file", scale=2)
             c["import"] = gr.Button("Import the file", elem_id=f"{prefix}_preset_import", scale=1)
+    return c
+
+
+def _doctor_controls(prefix: str) -> dict:
+    c: dict = {}
+    with gr.Accordion("Stack doctor", open=False, elem_id=f"{prefix}_doctor"):
+        with gr.Row():
+            c["run"] = gr.Button("Diagnose the stack", elem_id=f"{prefix}_doctor_run", scale=2)
+            c["base"] = gr.Checkbox(False, label="compare with the checkpoint's weights (slower)", elem_id=f"{prefix}_doctor_base", scale=2)
+            c["name"] = gr.Textbox("", label="Baked LoRA's name", elem_id=f"{prefix}_bake_name", scale=2)
+            c["bake"] = gr.Button("Bake into one LoRA", elem_id=f"{prefix}_bake", scale=1)
+        c["image"] = gr.Image(label="Change per block (rows: LoRAs)", interactive=False, elem_id=f"{prefix}_doctor_image")
+        c["report"] = gr.Textbox("", label="Report", lines=12, interactive=False, elem_id=f"{prefix}_doctor_report")
     return c
 
 
@@ -354,6 +378,34 @@ def wire(panel: Panel, prompt: gr.Textbox) -> None:
 
     if panel.preset_controls is not None:  # type: ignore[attr-defined]
         _wire_presets(panel, prompt, outputs, load, finish)
+    if panel.doctor_controls is not None:  # type: ignore[attr-defined]
+        _wire_doctor(panel, prompt, load)
+
+
+def _wire_doctor(panel: Panel, prompt, load: Callable) -> None:
+    from lib_lorastack.errors import LoraStackError
+
+    actions: DoctorActions = panel.services.doctor  # type: ignore[attr-defined]
+    c = panel.doctor_controls  # type: ignore[attr-defined]
+
+    def report(fraction: Callable) -> Callable[[int, int, str], None]:
+        return lambda done, total, what: fraction(done / max(1, total), desc=what)
+
+    def run(state_json: str, text: str, with_base: bool, progress=gr.Progress()):  # noqa: B008 - gradio's idiom
+        try:
+            body, png = actions.run(load(state_json), text or "", bool(with_base), report(progress))
+        except LoraStackError as e:
+            return gr.update(value=None), f"The doctor could not run: {e}"
+        return png, body
+
+    def bake(state_json: str, text: str, name: str, progress=gr.Progress()):  # noqa: B008 - gradio's idiom
+        try:
+            return actions.bake(load(state_json), text or "", name or "", report(progress))
+        except LoraStackError as e:
+            return f"Not baked: {e}"
+
+    c["run"].click(run, inputs=[panel.state, prompt, c["base"]], outputs=[c["image"], c["report"]])
+    c["bake"].click(bake, inputs=[panel.state, prompt, c["name"]], outputs=[c["report"]])
 
 
 def _wire_presets(panel: Panel, prompt, outputs: list, load: Callable, finish: Callable) -> None:

@@ -10,7 +10,7 @@ from lib_lorastack.host.library import family_of_metadata, lora_defaults
 
 from . import builtin
 from .host import family_of, host
-from .panel import PanelServices
+from .panel import DoctorActions, PanelServices
 
 
 def current_family() -> Family | None:
@@ -61,8 +61,30 @@ def services() -> PanelServices:
     from .presets import actions
 
     h = host()
+    doctor = DoctorActions(run=_doctor, bake=_bake)
     return PanelServices(
         lora_names=lora_names, lora_defaults=defaults, family=current_family, block_presets=h.lbw_presets,
         wrong_family=wrong_family, last_job=lambda: h.last_job, accordion=InputAccordion, max_rows=h.options().rows,
-        presets=actions(),
+        presets=actions(), doctor=doctor,
     )  # fmt: skip
+
+
+def _doctor(state, prompt: str, with_base: bool, progress) -> tuple[str, str]:
+    from lib_lorastack.host.doctor_job import run_doctor
+
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    checkpoint = getattr(info, "filename", None) if with_base else None
+    return run_doctor(state, prompt, host().catalog(), current_family(), checkpoint=checkpoint, presets=host().lbw_presets(), progress=progress)
+
+
+def _bake(state, prompt: str, name: str, progress) -> str:
+    import os
+
+    from modules import paths
+
+    from lib_lorastack.host.doctor_job import run_bake
+
+    folder = getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(paths.models_path, "Lora")
+    message = run_bake(state, prompt, host().catalog(), current_family(), folder, name, presets=host().lbw_presets(), progress=progress)
+    host().catalog().rescan()
+    return message

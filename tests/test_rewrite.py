@@ -389,7 +389,9 @@ def test_property_remove_leaves_no_such_lora_and_the_others_intact(text: str, na
     edit = remove_lora_tags(text, name)
     after = parse_prompt(edit.text)
     assert name not in after.names()
-    assert after.names() == [n for n in parse_prompt(text).names() if n != name]
+    # the same LoRAs stay; their order may change, since the WebUI stacks tag kinds by first appearance and the
+    # removed tag may have been the first of its kind
+    assert sorted(after.names()) == sorted(n for n in parse_prompt(text).names() if n != name)
     assert edit.changed == any(t.name == name for t in find_lora_tags(text))
     # what is left is a subsequence of the text (a space may be added to keep two halves apart)
     kept = iter(text)

@@ -1,7 +1,7 @@
 """Stack → checkpoint: the fused weights written as a new ``.safetensors`` model.
 
-Each changed parameter gets the engine's fused value (``engine.fused.new_value``: W0 + Σ s·ΔW in fp32, then the
-multiplicative adapters in stack order, rounded once to the parameter's dtype), under the checkpoint's own key
+Each changed parameter gets the patch engine's fused value (W0 + Σ s·ΔW in fp32, then the multiplicative adapters
+in stack order, rounded once to the parameter's dtype), under the checkpoint's own key
 (module name + ``.weight``, ``.in_proj_weight``, ``.bias``). Every other tensor is copied byte for byte, and so is the
 header layout (same dtypes and shapes, same offsets); the metadata gains the recipe. The base file is only read;
 the result goes to a temporary file that is renamed into place, never over the input.
@@ -18,9 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.device_cache import FactorCache
-from ..engine.fused import new_value
-from ..engine.plan import Contribution
+from ..engine import PatchEngine
 from ..formats.targets import Family
 from .basefile import BaseCheckpoint, CheckpointError
 from .output import check_output, source_record, temp_path
@@ -54,31 +52,38 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
 def fused_values(
     items: Sequence[StackItem], base: BaseCheckpoint, *, compute_dtype: torch.dtype = torch.float32, progress: ProgressFn = no_progress
 ) -> dict[str, torch.Tensor]:
-    """Checkpoint key → new value (in the checkpoint's dtype) for every parameter the stack changes."""
-    by_param: dict[tuple[str, str], list[Contribution]] = defaultdict(list)
-    for order, item in enumerate(items):
-        for target, adapter in item.lora.modules.items():
-            strength = item.strength_for(target)
-            if strength == 0.0:
+    """Checkpoint key → new value (in the checkpoint's dtype) for every parameter the stack changes: the patch
+    engine itself applies the stack to the touched layers, built from the checkpoint's tensors, so a baked
+    checkpoint has the very weights the WebUI would patch in."""
+    needed: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        for target in item.lora.modules:
+            if item.strength_for(target) == 0.0:
                 continue
             fault = base.fault(target)
             if fault:
                 raise CheckpointError(base.path, fault)
-            by_param[(target.module, target.param)].append(Contribution(order, item.lora, target, adapter, strength))
-    cache = FactorCache()
-    out: dict[str, torch.Tensor] = {}
-    for done, ((module, param), contributions) in enumerate(sorted(by_param.items()), 1):
-        key = f"{module}.{param}"
-        w0 = base.tensor(key)
-        value, bias = new_value(w0.to(compute_dtype), contributions, cache, compute_dtype)
-        out[key] = value.to(w0.dtype)
-        if bias is not None:
-            bias_key = f"{module}.{'in_proj_bias' if param == 'in_proj_weight' else 'bias'}"
-            if bias_key not in base.file.shapes:
-                raise CheckpointError(base.path, f"a LoRA changes the bias {bias_key!r}, which the checkpoint lacks")
-            b0 = base.tensor(bias_key)
-            out[bias_key] = (b0.to(compute_dtype) + bias).to(b0.dtype)
-        progress(done, len(by_param), "fuse")
+            needed[target.module].add(target.param)
+    modules: dict[str, torch.nn.Module] = {}
+    for name, params in needed.items():
+        module = torch.nn.Module()
+        for param in params:
+            module.register_parameter(param, torch.nn.Parameter(base.tensor(f"{name}.{param}").clone(), requires_grad=False))
+        bias_name = "in_proj_bias" if "in_proj_weight" in params else "bias"
+        bias_key = f"{name}.{bias_name}"
+        if bias_key in base.file.shapes:
+            module.register_parameter(bias_name, torch.nn.Parameter(base.tensor(bias_key).clone(), requires_grad=False))
+        else:
+            setattr(module, bias_name, None)
+        modules[name] = module
+    engine = PatchEngine(modules, backup_device="cpu", compute_dtype=compute_dtype)
+    progress(0, 1, "fuse")
+    engine.apply([item.layer for item in items])
+    created = engine.created_biases()
+    if created:
+        raise CheckpointError(base.path, f"a LoRA changes the bias of {sorted(created)[0]!r}, which the checkpoint lacks")
+    out = {f"{module}.{param}": getattr(modules[module], param).detach() for module, param in engine.written()}
+    progress(1, 1, "fuse")
     return out
 
 

@@ -249,6 +249,16 @@ class PatchEngine:
         """Each patched parameter and its mode."""
         return {k: p.mode for k, p in self._applied.items()}
 
+    def written(self) -> list[ParamKey]:
+        """Every parameter whose value the fused patches changed: weights, and the biases their adapters changed
+        (a bias the engine had to create is listed in ``created_biases``)."""
+        keys = [k for k, p in self._applied.items() if p.mode == FUSED]
+        return keys + [self._bias_touched[k] for k in keys if k in self._bias_touched]
+
+    def created_biases(self) -> set[str]:
+        """Modules that had no bias until an adapter's bias change needed one."""
+        return set(self._created_bias)
+
     def forget_loras(self) -> None:
         """Drop cached factors, programs and graphs (the patched state stays)."""
         self._applied  # noqa: B018 - bring the plans up to date before the graph that wrote them goes

@@ -10,11 +10,12 @@ import gradio as gr
 from lib_lorastack.formats.hashes import HashCache
 from lib_lorastack.formats.targets import Family
 from lib_lorastack.host import preset_rows
+from lib_lorastack.host.doctor_job import run_bake, run_doctor
 from lib_lorastack.host.library import lora_defaults
 from lib_lorastack.presets.resolve import LoraResolver
 from lib_lorastack.presets.store import PresetStore
 from lib_lorastack.stack import LoraCatalog
-from lorastack_webui.panel import PanelServices, PresetActions, build_panel, wire
+from lorastack_webui.panel import DoctorActions, PanelServices, PresetActions, build_panel, wire
 
 
 def make_app(lora_dir: Path, prompt: str = "", presets_file: Path | None = None) -> gr.Blocks:
@@ -41,7 +42,9 @@ def make_app(lora_dir: Path, prompt: str = "", presets_file: Path | None = None)
         return (None, "") if entry is None else lora_defaults(entry.path, entry.metadata)
 
     services = PanelServices(lora_names=names, lora_defaults=defaults, family=lambda: Family.SD1, max_rows=4,
-                             last_job=lambda: "", presets=actions)
+                             last_job=lambda: "", presets=actions, doctor=DoctorActions(
+                                 run=lambda state, text, with_base, progress: run_doctor(state, text, catalog, Family.SD1, progress=progress),
+                                 bake=lambda state, text, name, progress: run_bake(state, text, catalog, Family.SD1, lora_dir, name, progress=progress)))
     with gr.Blocks(title="LoRA Stack panel") as demo:
         text = gr.Textbox(prompt, label="Prompt", elem_id="txt2img_prompt", lines=3)
         panel = build_panel(services, "txt2img")

@@ -201,3 +201,23 @@ def test_presets_save_load_and_delete_from_the_panel(browser) -> None:
     _el(d, "#lorastack_txt2img_preset_confirm input").click()
     _el(d, "#lorastack_txt2img_preset_delete").click()
     _wait(d, lambda: "preset 'brand' deleted" in _summary(d), "the preset deleted")
+
+
+def test_the_stack_doctor_and_the_bake_from_the_panel(browser) -> None:
+    d = browser
+    _el(d, "#lorastack_txt2img_clear").click()
+    prompt_box = _el(d, "#txt2img_prompt textarea")
+    prompt_box.send_keys(Keys.CONTROL, "a")
+    prompt_box.send_keys("a cat <lora:char:0.8> <lora:detail:0.6>", Keys.TAB)
+    _wait(d, lambda: "2 LoRAs" in _summary(d), "two rows")
+    _el(d, "#lorastack_txt2img_doctor").click()
+    _el(d, "#lorastack_txt2img_doctor_run").click()
+    report = lambda: _el(d, "#lorastack_txt2img_doctor_report textarea").get_attribute("value")  # noqa: E731
+    _wait(d, lambda: "char" in report() and "detail" in report(), "the doctor's report", timeout=60)
+    _wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#lorastack_txt2img_doctor_image img"), "the heatmap", timeout=30)
+    _shot(d, "9-doctor")
+    _el(d, "#lorastack_txt2img_bake_name textarea").send_keys("baked_pair", Keys.TAB)
+    _el(d, "#lorastack_txt2img_bake").click()
+    _wait(d, lambda: "baked 2 LoRA(s) into baked_pair.safetensors" in report(), "the bake", timeout=60)
+    _el(d, "#lorastack_txt2img_bake").click()
+    _wait(d, lambda: report().startswith("Not baked:") and "exists" in report(), "no overwrite of the baked file")
