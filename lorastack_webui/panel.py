@@ -186,7 +186,7 @@ def _doctor_controls(prefix: str) -> dict:
             c["base"] = gr.Checkbox(False, label="compare with the checkpoint's weights (slower)", elem_id=f"{prefix}_doctor_base", scale=2)
             c["name"] = gr.Textbox("", label="Baked LoRA's name", elem_id=f"{prefix}_bake_name", scale=2)
             c["bake"] = gr.Button("Bake into one LoRA", elem_id=f"{prefix}_bake", scale=1)
-        c["image"] = gr.Image(label="Change per block (rows: LoRAs)", interactive=False, elem_id=f"{prefix}_doctor_image")
+        c["image"] = gr.Image(label="Change per block (rows: LoRAs)", show_label=False, interactive=False, elem_id=f"{prefix}_doctor_image")
         c["report"] = gr.Textbox("", label="Report", lines=12, interactive=False, elem_id=f"{prefix}_doctor_report")
     return c
 
