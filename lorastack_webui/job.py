@@ -18,7 +18,12 @@ class PanelJob:
 
 
 def panel_job(p, enabled, state) -> PanelJob | None:
-    """The panel's contribution to job ``p`` (None when the panel is off and asks nothing)."""
+    """The panel's contribution to job ``p`` (None when the panel is off and asks nothing).
+
+    API callers may pass the stack alone as the first argument (``"args": [{"rows": [...]}]``): the WebUI then
+    fills the second with the panel's default, and the object itself means "on"."""
+    if isinstance(enabled, dict | list):
+        enabled, state = True, enabled
     if not enabled:
         return None
     parsed = parse_state(state, host().lbw_presets())

@@ -261,6 +261,16 @@ def test_panel_rows_apply_without_touching_the_prompt(webui: WebUI) -> None:
     assert same(closed.images[0], plain.images[0])
 
 
+def test_the_stack_alone_as_the_api_argument(webui: WebUI) -> None:
+    from lib_lorastack.host.panel import PanelState
+
+    tagged, _ = webui.txt2img("a cat <lora:char:0.7>")
+    default_state = PanelState().to_json()  # what the WebUI puts in the arguments the request left out
+    for stack in ({"rows": [{"lora": "char", "te": 0.7}]}, [{"lora": "char", "te": 0.7}]):
+        panel, p = webui.txt2img("a cat", script_args=[stack, default_state])
+        assert same(panel.images[0], tagged.images[0]) and p.prompt == "a cat"
+
+
 def test_the_prompt_tag_wins_over_a_panel_row_and_the_summary_says_so(webui: WebUI) -> None:
     tagged, _ = webui.txt2img("a cat <lora:char:0.7>")
     rows = json.dumps([{"lora": "char", "te": 0.2}])

@@ -59,7 +59,8 @@ class OnlineLayer:
         self.ranks: list[int] = []
         self.down: torch.Tensor | None = None  # linear [R, in]; conv [R, in, kh, kw]; the layer's dtype
         self.up: torch.Tensor | None = None  # [out, R], strengths folded in, the layer's dtype
-        self.bank: UpBank | None = None  # Linear layers: where ``up`` lives
+        self.bank: UpBank | None = None  # Linear layers on the GPU: where ``up`` lives
+        self.up_raw: torch.Tensor | None = None  # layers outside a bank: ``up`` at strength 1, fp32
         self.dense_weight: torch.Tensor | None = None
         self.dense_bias: torch.Tensor | None = None
         self.sample_scale: torch.Tensor | None = None  # [samples, R]: per-sample strengths (then ``up`` is at 1)
@@ -77,8 +78,11 @@ class OnlineLayer:
             self.ranks = list(program.ranks)
             down = program.down_as(weight.dtype)
             self.down = down.reshape(down.shape[0], *weight.shape[1:]) if self.kind == "conv" else down
-            if self.kind == "conv":
+            if self.kind == "conv" or not weight.is_cuda:
+                # CPU Linear layers keep their own contiguous up: CPU half-precision GEMMs are several times slower
+                # on a transposed view of a bank (the GPU's matrix units take either layout)
                 self.up = torch.empty(program.up_t.shape[1], program.rank, dtype=weight.dtype, device=weight.device)
+                self.up_raw = program.up_t.t().contiguous()  # [out, R] fp32: rescaling reads it in order
             dense = [additive[i] for i in program.rest]
         else:
             dense = [*additive, *multiplicative]
@@ -182,8 +186,8 @@ def make_banks(layers: list[OnlineLayer]) -> None:
     """Give newly built Linear layers their up factors in banks, one per device, dtype and output width."""
     groups: dict[tuple, list[OnlineLayer]] = {}
     for layer in layers:
-        if layer.kind == "linear" and layer.program is not None:
-            weight = layer.module.weight
+        weight = layer.module.weight
+        if layer.kind == "linear" and layer.program is not None and weight.is_cuda:
             groups.setdefault((weight.device, weight.dtype, layer.program.out_features), []).append(layer)
     for (_, dtype, _), group in groups.items():
         UpBank(group, dtype)
@@ -191,15 +195,15 @@ def make_banks(layers: list[OnlineLayer]) -> None:
 
 def rescale(layers: list[OnlineLayer], compute_dtype: torch.dtype) -> None:
     """Fold the current strengths into the up factors of ``layers`` (and of every layer sharing a bank with one):
-    one launch per bank, one per conv layer, one transfer of all the scale values."""
+    one launch per bank, one per layer outside a bank, one transfer of all the scale values."""
     banks: dict[int, UpBank] = {}
-    convs: list[OnlineLayer] = []
+    alone: list[OnlineLayer] = []  # conv layers, and Linear layers off the GPU
     for layer in layers:
         if layer.bank is not None:
             banks[id(layer.bank)] = layer.bank
         elif layer.up is not None:
-            convs.append(layer)
-    order = [lay for bank in banks.values() for lay in bank.layers] + convs
+            alone.append(layer)
+    order = [lay for bank in banks.values() for lay in bank.layers] + alone
     if not order:
         return
     values: list[float] = []
@@ -215,7 +219,7 @@ def rescale(layers: list[OnlineLayer], compute_dtype: torch.dtype) -> None:
         rows = bank.raw.shape[0]
         torch.mul(bank.raw, scale[start : start + rows].view(-1, 1), out=bank.scaled)
         start += rows
-    for layer in convs:
+    for layer in alone:
         rank = sum(layer.ranks)
-        torch.mul(layer.program.up_t.t(), scale[start : start + rank].view(1, -1), out=layer.up)  # type: ignore[union-attr]
+        torch.mul(layer.up_raw, scale[start : start + rank].view(1, -1), out=layer.up)
         start += rank
