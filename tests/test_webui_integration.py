@@ -269,6 +269,8 @@ def test_the_stack_alone_as_the_api_argument(webui: WebUI) -> None:
     for stack in ({"rows": [{"lora": "char", "te": 0.7}]}, [{"lora": "char", "te": 0.7}]):
         panel, p = webui.txt2img("a cat", script_args=[stack, default_state])
         assert same(panel.images[0], tagged.images[0]) and p.prompt == "a cat"
+    _, p = webui.txt2img("a cat", script_args=[{"rows": [{"lora": "char", "te": "lots"}]}, default_state])
+    assert "row 1: te 'lots' is not a number" in p.extra_generation_params["LoRA stack errors"]
 
 
 def test_the_prompt_tag_wins_over_a_panel_row_and_the_summary_says_so(webui: WebUI) -> None:

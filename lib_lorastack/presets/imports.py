@@ -118,11 +118,14 @@ def sanitize_name(name: str) -> str:
 
 def _unique(name: str, taken: Iterable[str]) -> str:
     taken = set(taken)
-    if name not in taken:
-        return name
+    return name if name not in taken else _numbered(name, taken, " ({})")
+
+
+def _numbered(name: str, taken, suffix_format: str) -> str:
+    """``name`` with the first free number (from 2) appended, cut to fit the name limit."""
     n = 2
     while True:
-        suffix = f" ({n})"
+        suffix = suffix_format.format(n)
         candidate = name[: MAX_NAME - len(suffix)].rstrip() + suffix
         if candidate not in taken:
             return candidate
@@ -317,12 +320,6 @@ def merge_into(
 
 
 def _unique_block(name: str, taken: dict[str, str]) -> str:
-    n = 2
-    while True:
-        suffix = f"_{n}"
-        candidate = name[: MAX_NAME - len(suffix)].rstrip() + suffix
-        if candidate not in taken:
-            return candidate
-        n += 1
+    return _numbered(name, taken, "_{}")
 
 
