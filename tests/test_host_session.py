@@ -72,14 +72,14 @@ def test_infotext_fields(folder: Path) -> None:
 def test_schedules_switch_at_steps_and_do_not_leak_into_the_next_job(folder: Path) -> None:
     session, _ = make_session(folder)
     model, handle = model_handle()
-    session.activate(handle, [["char", "1"], ["detail", "1", "start=2", "stop=4"]])
+    session.activate(handle, [["char", "1"], ["detail", "1", "start=3", "stop=5"]])
     before = snapshot(model)
-    assert session.set_step(handle.key, 1).weight_writes == 0
-    entering = session.set_step(handle.key, 2)
+    assert session.set_step(handle.key, 1).weight_writes == 0  # the 2nd step (the sampler counts from 0)
+    entering = session.set_step(handle.key, 2)  # the 3rd step: start=3 joins here
     assert entering.weight_writes > 0
     session.set_step(handle.key, 3)
-    # the next job starts at step 0 again, whatever step the last one ended on
-    session.activate(handle, [["char", "1"], ["detail", "1", "start=2", "stop=4"]])
+    # the next job starts at its first step again, whatever step the last one ended on
+    session.activate(handle, [["char", "1"], ["detail", "1", "start=3", "stop=5"]])
     assert same_bits(snapshot(model), before)
     plain = session.activate(handle, [["char", "1"]])
     assert session.set_step(handle.key, 3) is None  # no schedule: nothing runs per step

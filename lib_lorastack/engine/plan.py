@@ -16,6 +16,7 @@ import torch
 
 from ..adapters.base import Adapter
 from ..formats.lora import ParsedLora
+from ..schedule import schedule_active
 from ..formats.targets import Target
 
 FUSED = "fused"
@@ -40,9 +41,7 @@ class StackLayer:
     stop: int | None = None
 
     def active_at(self, step: int | None) -> bool:
-        if step is None:
-            return True
-        return (self.start is None or step >= self.start) and (self.stop is None or step < self.stop)
+        return schedule_active(self.start, self.stop, step)
 
     def strength_for(self, target: Target) -> float:
         base = self.te if target.component.is_text_encoder else self.unet

@@ -7,6 +7,11 @@
   be reproduced without the presets that named them).
 * ``LoRA stack errors``: every problem of the job, one line.
 
+Schedules: ``start=``/``stop=`` count steps from 1 (lora-block-weight's rule). Versions before that counted from 0;
+a ``LoRA stack`` field with a schedule now begins with the part ``@steps=1``. A pasted field that has a schedule but
+not that mark was written under the old count: its values, and those in the pasted prompts, are moved up by one so
+that the image pastes to the same behaviour (``legacy_schedules``, ``shift_schedules``).
+
 Pasted infotext is untrusted (images from the internet carry it): fields are bounded in size, hashes must be hex,
 names resolve only through the LoRA index (never as paths), and the empty content's hash identifies nothing.
 """
@@ -18,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..syntax import StackEntry, format_entry, parse_prompt
+from ..syntax.tags import LORA_TAGS, find_tags
 
 LORA_HASHES = "Lora hashes"
 STACK_FIELD = "LoRA stack"
@@ -28,6 +34,8 @@ MAX_ERRORS_CHARS = 2000
 _HEX = re.compile(r"^[0-9a-fA-F]{10,64}$")
 _TAG_NAME = re.compile(r"<(lora|lyco):([^:>]+)")
 _NO_SYMBOLS = str.maketrans("", "", ":,")
+SCHEDULE_MARK = "@steps=1"  # the field's schedules count steps from 1
+_SCHEDULE_KEYS = ("start", "stop", "step")
 
 
 def hash_key(value: str) -> str:
@@ -86,7 +94,7 @@ def _unescape(name: str) -> str:
 
 
 def stack_value(records: Sequence[StackRecord]) -> str:
-    parts = []
+    parts = [SCHEDULE_MARK] if any(r.entry.start is not None or r.entry.stop is not None for r in records) else []
     for r in records:
         body = format_entry(r.entry)[len("<lora:") : -1]
         _, _, args = body.partition(":")
@@ -102,10 +110,13 @@ def parse_stack_value(text: str) -> tuple[list[StackRecord], list[str]]:
         return [], [f"{STACK_FIELD}: {len(text)} characters (more than {MAX_FIELD_CHARS}), ignored"]
     records: list[StackRecord] = []
     problems: list[str] = []
+    legacy = legacy_schedules(text)
     for part in text.split(";"):
         part = part.strip()
-        if not part:
+        if not part or part == SCHEDULE_MARK:
             continue
+        if legacy:
+            part = shift_schedules(f"<lora:{part}>")[len("<lora:") : -1]
         head, _, args = part.partition(":")
         name, at, short = head.rpartition("@")
         if not at or not name or not (short == "-" or _HEX.match(short)) or ">" in part or "<" in part:
@@ -118,6 +129,48 @@ def parse_stack_value(text: str) -> tuple[list[StackRecord], list[str]]:
             continue
         records.append(StackRecord(request.entries[0], None if short == "-" else short.lower()))
     return records, problems
+
+
+def legacy_schedules(field: object) -> bool:
+    """A ``LoRA stack`` value written when schedules counted from 0: it has ``start=``/``stop=``/``step=`` but not
+    the mark of the count from 1."""
+    if not isinstance(field, str) or len(field) > MAX_FIELD_CHARS:
+        return False
+    parts = [p.strip() for p in field.split(";")]
+    if SCHEDULE_MARK in parts:
+        return False
+    return any(a.named is not None and a.named[0] in _SCHEDULE_KEYS for t in find_tags("".join(f"<lora:{p}>" for p in parts)) for a in t.args)
+
+
+def shift_schedules(prompt: str, by: int = 1) -> str:
+    """Every ``start=N``/``stop=N``/``step=A-B`` of the prompt's ``<lora:…>``/``<lyco:…>`` tags moved by ``by`` steps
+    (values that are not whole numbers stay as they are: the job will name them)."""
+
+    def moved(value: str) -> str:
+        try:
+            return str(max(int(value) + by, 0))
+        except ValueError:
+            return value
+
+    edits: list[tuple[tuple[int, int], str]] = []
+    for tag in find_tags(prompt):
+        if tag.kind not in LORA_TAGS:
+            continue
+        for arg in tag.args:
+            kv = arg.named
+            if kv is None or kv[0] not in _SCHEDULE_KEYS:
+                continue
+            key, value = kv
+            if key == "step":
+                a, dash, b = value.partition("-")
+                new = f"{moved(a)}-{moved(b)}" if dash else value
+            else:
+                new = moved(value)
+            if new != value:
+                edits.append((arg.span, f"{key}={new}"))
+    for (a, b), text in sorted(edits, reverse=True):
+        prompt = prompt[:a] + text + prompt[b:]
+    return prompt
 
 
 def errors_value(messages: Sequence[str]) -> str:

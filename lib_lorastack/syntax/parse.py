@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from ..schedule import never_active
 from .lbw import DEFAULT_PRESETS, is_vector, spec_fault
 from .request import Diagnostic, StackEntry, StackRequest
 from .tags import LORA_TAGS, Arg, RawTag, find_tags, strip_tags
@@ -95,11 +96,14 @@ def _entry(tag: RawTag, presets: Mapping[str, str], diags: list[Diagnostic]) -> 
                 raise
     if "unet" in named:
         unet = _number(named["unet"], "unet=")
-    dyn = _integer(rest[0], "dyn", minimum=1) if rest and lbw is None else None
-    if rest and lbw is None and len(rest) > 1:
-        diags.append(Diagnostic("unknown-argument", "warning", f"{name}: extra values after dyn ignored", rest[1].span))
+    # A named dyn= overrides the positional one before anything is checked (as the WebUI reads it): only the
+    # final value must be a whole number ≥ 1.
     if "dyn" in named:
         dyn = _integer(named["dyn"], "dyn=", minimum=1)
+    else:
+        dyn = _integer(rest[0], "dyn", minimum=1) if rest and lbw is None else None
+    if rest and lbw is None and len(rest) > 1:
+        diags.append(Diagnostic("unknown-argument", "warning", f"{name}: extra values after dyn ignored", rest[1].span))
 
     spec_arg = named.get("lbw", named.get("w"))
     if spec_arg is not None:
@@ -124,9 +128,10 @@ def _entry(tag: RawTag, presets: Mapping[str, str], diags: list[Diagnostic]) -> 
             raise _TagError("bad-schedule", f"{name}: step={text!r} must be FROM-TO, e.g. step=5-20", named["step"].span)
         start = _integer(Arg(a, named["step"].span), "step start")
         stop = _integer(Arg(b, named["step"].span), "step end")
-    if start is not None and stop is not None and stop <= start:
+    if never_active(start, stop):
+        first = max(start or 1, 1)
         diags.append(
-            Diagnostic("bad-schedule", "warning", f"{name}: stop {stop} ≤ start {start}: never active", tag.span)
+            Diagnostic("bad-schedule", "warning", f"{name}: stop {stop} ≤ start {first} (steps count from 1): never active", tag.span)
         )
     return StackEntry(name, te, unet, dyn, lbw, lbwe, x, start, stop, span=tag.span, tag=tag.kind)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..schedule import schedule_active
+
 Severity = Literal["error", "warning", "info"]
 
 
@@ -42,9 +44,7 @@ class StackEntry:
     tag: str = field(default="lora", compare=False)
 
     def active_at(self, step: int | None) -> bool:
-        if step is None:
-            return True
-        return (self.start is None or step >= self.start) and (self.stop is None or step < self.stop)
+        return schedule_active(self.start, self.stop, step)
 
 
 @dataclass(frozen=True)
