@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .flux_keys import XLABS, map_flux_prefix
+from .flux_names import REAL_DIMS, FluxDims
 from .names import diffusers_to_webui, name_maps, webui_to_diffusers
 from .targets import Family, Target
 
@@ -17,11 +19,12 @@ PEFT = "diffusers-peft"  # unet.<…>.lora_A.weight, text_encoder.<…>
 DIFFUSERS_OLD = "diffusers-attn-procs"  # <…>.processor.to_q_lora.down.weight
 
 __all__ = [
-    "DIFFUSERS_OLD", "KOHYA", "KOHYA_LDM", "LYCORIS", "PEFT", "SplitKey", "diffusers_to_webui", "family_hint",
+    "DIFFUSERS_OLD", "KOHYA", "KOHYA_LDM", "LYCORIS", "PEFT", "XLABS", "SplitKey", "diffusers_to_webui", "family_hint",
     "foreign_family", "map_prefix", "split_key", "webui_to_diffusers",
 ]  # fmt: skip
 
-_KOHYA_ROOTS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_", "oft_unet_")
+_KOHYA_ROOTS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_", "oft_unet_", "lora_te3_", "lora_transformer_")
+_SD_ROOTS = _KOHYA_ROOTS[:6]  # lora_te3_ (T5) and lora_transformer_ (OneTrainer) exist only for Flux
 
 # Dotted (PEFT / diffusers) suffixes → the kohya suffix the adapters know.
 _DOTTED_SUFFIXES = [
@@ -41,6 +44,8 @@ _DOTTED_SUFFIXES = [
 _OLD_PROC_KEY = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 _OLD_TE_KEY = re.compile(r"\.lora_linear_layer\.(down|up)\.weight$")
 _OLD_PROC_NAMES = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+# XLabs' Flux files: double_blocks.0.processor.qkv_lora1.down.weight, single_blocks.0.processor.proj_lora.up.weight
+_XLABS_KEY = re.compile(r"\.processor\.((?:qkv|proj)_lora\d?)\.(down|up)\.weight$")
 
 FLUX_MARKERS = ("double_blocks", "single_blocks", "single_transformer_blocks", "txt_in", "img_in")
 SD3_MARKERS = ("joint_blocks", "context_block", "x_block", "context_embedder")
@@ -67,6 +72,9 @@ def split_key(key: str) -> SplitKey | None:
     if m:
         prefix = body[: m.start()] + "." + _OLD_PROC_NAMES[m.group(1)]
         return SplitKey(key, prefix, f"lora_{m.group(2)}.weight", DIFFUSERS_OLD)
+    m = _XLABS_KEY.search(body)
+    if m:
+        return SplitKey(key, body[: m.end(1)], f"lora_{m.group(2)}.weight", XLABS)
     m = _OLD_TE_KEY.search(body)
     if m:
         return SplitKey(key, body[: m.start()], f"lora_{m.group(1)}.weight", DIFFUSERS_OLD)
@@ -113,9 +121,18 @@ def _dedupe(targets: list[Target]) -> list[Target]:
     return seen
 
 
-def map_prefix(prefix: str, fmt: str, family: Family) -> tuple[list[Target], str]:
-    """The targets a module prefix changes in ``family``, and the format it proved to be ("" when unmapped)."""
+def map_prefix(prefix: str, fmt: str, family: Family, dims: FluxDims | None = None) -> tuple[list[Target], str]:
+    """The targets a module prefix changes in ``family``, and the format it proved to be ("" when unmapped).
+
+    Flux: ``flux_keys.map_flux_prefix`` (``dims`` = the model's widths for the row slices); its hits' remaps are
+    the loader's business, so only use this for Flux where the targets alone matter.
+    """
     family = Family(family)
+    if family is Family.FLUX:
+        hits, proved = map_flux_prefix(prefix, fmt, dims or REAL_DIMS)
+        return [h.target for h in hits], proved
+    if fmt == XLABS or (fmt in (KOHYA, LYCORIS) and not prefix.startswith(_SD_ROOTS)):
+        return [], ""
     roots = _spellings_by_root(family)
     ldm_spellings = roots["ldm"]
     if fmt in (KOHYA, LYCORIS):
@@ -152,7 +169,7 @@ def _dotted_component(prefix: str) -> tuple[str, str]:
 
 
 def foreign_family(keys: Iterable[str], metadata: dict[str, str]) -> Family | None:
-    """Flux or SD3 when the keys or metadata say so (recognised, not supported)."""
+    """Flux or SD3 when the keys or metadata say so (not one of the SD UNet families; SD3 is not supported)."""
     arch = (metadata.get("modelspec.architecture", "") + " " + metadata.get("ss_base_model_version", "")).lower()
     if "flux" in arch:
         return Family.FLUX
@@ -171,6 +188,8 @@ def family_hint(metadata: dict[str, str]) -> Family | None:
     arch = metadata.get("modelspec.architecture", "").lower()
     base = metadata.get("ss_base_model_version", "").lower()
     text = arch + " " + base
+    if "flux" in text:
+        return Family.FLUX
     if "xl" in text:
         return Family.SDXL
     if "v2" in text or metadata.get("ss_v2", "").lower() == "true":

@@ -14,12 +14,15 @@ from ..adapters import build_adapter
 from ..adapters.base import Adapter
 from ..errors import NonFiniteError, NoUsableKeysError, TensorShapeError, UnsupportedModelError
 from .files import LoraFile
+from .flux_keys import map_flux_prefix
+from .flux_names import REAL_DIMS, FluxDims, FluxHit, flux_dims
+from .flux_remap import remap_adapter
 from .keymap import PEFT, family_hint, foreign_family, map_prefix, split_key
 from .lora import ParsedLora, UnmatchedKey
 from .model_tables import load_table
 from .targets import Family, Target
 
-SUPPORTED = (Family.SD1, Family.SD2, Family.SDXL)
+SUPPORTED = (Family.SD1, Family.SD2, Family.SDXL, Family.FLUX)
 
 
 class _Group:
@@ -76,7 +79,7 @@ def _pattern_value(patterns: Mapping[str, object], module: str) -> object | None
 
 def _peft_alpha(config: dict[str, dict], prefix: str, rank: int) -> float | None:
     component, _, module = prefix.partition(".")
-    if component not in ("unet", "text_encoder", "text_encoder_2"):
+    if component not in ("unet", "text_encoder", "text_encoder_2", "transformer"):
         component, module = "", prefix
     cfg = config.get(component) or config.get("")
     if not cfg:
@@ -91,6 +94,14 @@ def _peft_alpha(config: dict[str, dict], prefix: str, rank: int) -> float | None
 ShapeOf = Callable[[Target], "tuple[int, ...] | None"]
 
 
+def _hits(prefix: str, fmt: str, family: Family, dims: FluxDims | None) -> tuple[list[FluxHit], str]:
+    """The targets (with the layout remap a Flux name may need) of one module prefix, and the format it proved."""
+    if family is Family.FLUX:
+        return map_flux_prefix(prefix, fmt, dims or REAL_DIMS)
+    targets, proved = map_prefix(prefix, fmt, family)
+    return [FluxHit(t) for t in targets], proved
+
+
 def _shape_fault(adapter: Adapter, target: Target, family: Family, shape_of: ShapeOf | None = None) -> str | None:
     shape = (shape_of or load_table(family).shape_of)(target)
     if shape is None:
@@ -100,12 +111,13 @@ def _shape_fault(adapter: Adapter, target: Target, family: Family, shape_of: Sha
 
 def _score(groups: dict[str, _Group], adapters: dict[str, Adapter], family: Family, shape_of: ShapeOf | None) -> int:
     score = 0
+    dims = flux_dims(shape_of) if family is Family.FLUX else None
     for prefix, group in groups.items():
         adapter = adapters.get(prefix)
         if adapter is None:
             continue
-        targets, fmt = map_prefix(prefix, group.format, family)
-        if fmt and all(_shape_fault(adapter, t, family, shape_of) is None for t in targets):
+        hits, fmt = _hits(prefix, group.format, family, dims)
+        if fmt and all(_shape_fault(remap_adapter(adapter, h.remap), h.target, family, shape_of) is None for h in hits):
             score += 1
     return score
 
@@ -126,16 +138,15 @@ def parse_state_dict(
 
     Module-level faults (shape mismatch, NaN/Inf, unknown key sets) drop that module and are reported in
     ``problems``/``unmatched``; with ``strict`` the first one raises its typed error instead. File-level
-    faults raise: no usable key, a Flux/SD3 LoRA, or a LoRA for another base model than ``family``.
-    ``shape_of`` replaces the WebUI table's shapes (a model of the same structure but other widths).
+    faults raise: no usable key, an SD3 LoRA, or a LoRA for another base model than ``family``.
+    ``shape_of`` replaces the WebUI table's shapes (a model of the same structure but other widths; for Flux the
+    row slices of the fused weights follow its widths).
     """
     metadata = dict(metadata or {})
     where = path or name
     get = tensors if callable(tensors) else tensors.__getitem__
     all_keys = list(keys if keys is not None else tensors.keys())  # type: ignore[union-attr]
     foreign = foreign_family(all_keys, metadata)
-    if foreign is not None:
-        raise UnsupportedModelError(where, f"is a {foreign.value.upper()} LoRA; {foreign.value.upper()} is not supported yet")
     groups, unmatched = _group_keys(all_keys)
     problems: list[str] = []
     peft_cfg = _peft_config(metadata)
@@ -165,7 +176,9 @@ def parse_state_dict(
 
     candidates = [Family(family)] if family is not None else list(SUPPORTED)
     scores = {f: _score(groups, adapters, f, shape_of if f == family else None) for f in SUPPORTED}
-    best = max(SUPPORTED, key=lambda f: (scores[f], f == family_hint(metadata)))
+    if foreign is Family.SD3 and scores[Family.FLUX] == 0:  # (diffusers SD3 and Flux share some names)
+        raise UnsupportedModelError(where, "is a SD3 LoRA; SD3 is not supported yet")
+    best = max(SUPPORTED, key=lambda f: (scores[f], f == family_hint(metadata), f == foreign))
     if family is None:
         chosen = best
     else:
@@ -179,12 +192,14 @@ def parse_state_dict(
 
     modules: dict[Target, Adapter] = {}
     formats: set[str] = set()
-    for prefix, adapter in adapters.items():
-        targets, fmt = map_prefix(prefix, groups[prefix].format, chosen)
-        if not targets:
+    dims = flux_dims(shape_of) if chosen is Family.FLUX else None
+    for prefix, base_adapter in adapters.items():
+        hits, fmt = _hits(prefix, groups[prefix].format, chosen, dims)
+        if not hits:
             unmatched.append(UnmatchedKey(prefix, f"no layer of the {chosen.value} model has this name"))
             continue
-        for target in targets:
+        for hit in hits:
+            target, adapter = hit.target, remap_adapter(base_adapter, hit.remap)
             fault = _shape_fault(adapter, target, chosen, shape_of)
             if fault:
                 if strict:

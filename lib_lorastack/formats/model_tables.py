@@ -1,7 +1,8 @@
-"""The WebUI's real module structure of SD1.5, SD2.1 and SDXL: names, classes and weight shapes.
+"""The WebUI's real module structure of SD1.5, SD2.1, SDXL and Flux.1: names, classes and weight shapes.
 
-Shipped from ``../shared/model-tables`` (A1111 v1.10.1 built on the meta device) as gzipped JSON in
-``data/``. Names are checkpoint-style (no ``.wrapped``); see ``targets.py``.
+Shipped from ``../shared/model-tables`` as gzipped JSON in ``data/``: SD from A1111 v1.10.1 built on the meta
+device (checkpoint-style names, no ``.wrapped``), Flux.1-dev from Forge's own loader (``flux1.json``: Forge's
+patcher names ``diffusion_model.…``, ``clip_l.…``, ``t5xxl.…``; schnell lacks only ``guidance_in``). See ``targets.py``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from importlib import resources
 
 from .targets import Family, Target
 
-_DATA_FILES = {Family.SD1: "sd1.json.gz", Family.SD2: "sd2.json.gz", Family.SDXL: "sdxl.json.gz"}
+_DATA_FILES = {
+    Family.SD1: "sd1.json.gz", Family.SD2: "sd2.json.gz", Family.SDXL: "sdxl.json.gz", Family.FLUX: "flux1.json.gz",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ModuleInfo:
     """One parameter-owning module. ``base`` is the torch.nn class an isinstance check sees
-    (``Linear``, ``Conv2d``, ``GroupNorm``, ``LayerNorm``, ``Embedding``, ``MultiheadAttention``, ``Module``)."""
+    (``Linear``, ``Conv2d``, ``GroupNorm``, ``LayerNorm``, ``Embedding``, ``MultiheadAttention``, ``Module``).
+    Forge's ``ForgeOperations.Linear`` is ``type`` ``Linear`` with ``base`` ``Module`` (not a torch Linear)."""
 
     name: str
     type: str
@@ -51,7 +55,7 @@ def load_table(family: Family) -> ModelTable:
     """The module table of a supported family."""
     family = Family(family)
     if family not in _DATA_FILES:
-        raise ValueError(f"no module table for {family.value!r} (supported: sd1, sd2, sdxl)")
+        raise ValueError(f"no module table for {family.value!r} (supported: sd1, sd2, sdxl, flux)")
     raw = resources.files(__package__).joinpath("data", _DATA_FILES[family]).read_bytes()
     doc = json.loads(gzip.decompress(raw))
     modules = {

@@ -4,6 +4,8 @@ Module names are the WebUI's checkpoint-style names (as in ``../shared/model-tab
 ``model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q`` or
 ``conditioner.embedders.1.model.transformer.resblocks.0.attn``. At run time the WebUI inserts
 ``.wrapped`` into text-encoder paths; resolving live modules is the engine's job, not the key map's.
+Flux names are Forge's patcher names (``diffusion_model.double_blocks.0.img_attn.qkv``,
+``clip_l.transformer.text_model.…``, ``t5xxl.transformer.encoder.block.0.…``), as in ``flux1.json``.
 """
 
 from __future__ import annotations
@@ -18,22 +20,24 @@ class Family(str, Enum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    FLUX = "flux"  # Flux.1 dev/schnell as Forge builds it
     # Recognised so that we can say so, not supported yet.
     SD3 = "sd3"
-    FLUX = "flux"
 
     @property
     def supported(self) -> bool:
-        return self in (Family.SD1, Family.SD2, Family.SDXL)
+        return self in (Family.SD1, Family.SD2, Family.SDXL, Family.FLUX)
 
 
 class Component(str, Enum):
     """Model part a target belongs to; TE strength applies to every text encoder."""
 
-    UNET = "unet"
+    UNET = "unet"  # also the Flux transformer (diffusion_model.…): strength unet=
     TE = "te"  # SD1 CLIP-L / SD2 OpenCLIP-H
     TE1 = "te1"  # SDXL CLIP-L  (conditioner.embedders.0)
     TE2 = "te2"  # SDXL OpenCLIP-bigG (conditioner.embedders.1)
+    CLIP_L = "clip_l"  # Flux CLIP-L (clip_l.…)
+    T5XXL = "t5xxl"  # Flux T5-XXL (t5xxl.…)
 
     @property
     def is_text_encoder(self) -> bool:
@@ -41,12 +45,19 @@ class Component(str, Enum):
 
 
 UNET_PREFIX = "model.diffusion_model."
+FLUX_PREFIX = "diffusion_model."  # Forge's patcher root of the Flux transformer
+CLIP_L_ROOT = "clip_l."
+T5XXL_ROOT = "t5xxl."
 
 
 def component_of(module: str) -> Component:
     """The model part of a checkpoint-style module name."""
-    if module.startswith(UNET_PREFIX):
+    if module.startswith((UNET_PREFIX, FLUX_PREFIX)):
         return Component.UNET
+    if module.startswith(CLIP_L_ROOT):
+        return Component.CLIP_L
+    if module.startswith(T5XXL_ROOT):
+        return Component.T5XXL
     if module.startswith("conditioner.embedders.0."):
         return Component.TE1
     if module.startswith("conditioner.embedders.1."):

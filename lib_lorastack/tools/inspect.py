@@ -10,7 +10,7 @@ from ..errors import LoraFileError
 from ..formats.files import LoraFile
 from ..formats.hashes import file_hashes
 from ..formats.loader import load_lora
-from ..formats.targets import UNET_PREFIX, Family, Target
+from ..formats.targets import FLUX_PREFIX, UNET_PREFIX, Family, Target
 from ..syntax.blocks import block_id
 
 
@@ -68,25 +68,30 @@ def inspect_file(path: str | Path, family: Family | str | None = None) -> FileRe
     }
     report.base_model = f.metadata.get("ss_base_model_version", "") or f.metadata.get("modelspec.architecture", "")
     report.problems = list(parsed.problems)
-    seen = {p.split(":")[0] for p in parsed.problems}
+    seen = {p.split(":")[0].split(" → ")[0].removeprefix("module ") for p in parsed.problems}  # already said
     report.problems += [f"{u.key}: {u.reason}" for u in parsed.unmatched if u.key not in seen and "NaN" not in u.reason]
     return report
 
 
-_TE_NAMES = {"te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2"}
+_TE_NAMES = {"te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2", "clip_l": "CLIP-L", "t5xxl": "T5-XXL"}
 
 
 def _ldm_block(target: Target) -> str:
     component = target.component
     if component.is_text_encoder:
         return _TE_NAMES[component.value]
-    parts = target.module[len(UNET_PREFIX) :].split(".")
-    return ".".join(parts[:2]) if parts[0] in ("input_blocks", "output_blocks") else parts[0]
+    if target.module.startswith(UNET_PREFIX):
+        parts = target.module[len(UNET_PREFIX) :].split(".")
+    else:  # Flux: double_blocks.N / single_blocks.N / img_in, final_layer, …
+        parts = target.module[len(FLUX_PREFIX) :].split(".")
+    return ".".join(parts[:2]) if parts[0] in ("input_blocks", "output_blocks", "double_blocks", "single_blocks") else parts[0]
 
 
 def _ldm_blocks(targets) -> dict[str, int]:
     counts = Counter(_ldm_block(t) for t in targets)
-    order = {"time_embed": 0, "label_emb": 1, "input_blocks": 2, "middle_block": 3, "output_blocks": 4, "out": 5}
+    order = {"time_embed": 0, "label_emb": 1, "input_blocks": 2, "middle_block": 3, "output_blocks": 4, "out": 5,
+             "img_in": 0, "txt_in": 0, "time_in": 0, "vector_in": 0, "guidance_in": 0, "double_blocks": 2,
+             "single_blocks": 4, "final_layer": 5}  # fmt: skip
 
     def key(name: str) -> tuple:
         head, _, n = name.partition(".")
@@ -113,7 +118,8 @@ def format_report(r: FileReport) -> str:
         f"  rank / alpha : {_range(r.rank)} / {_range(r.alpha)}",
         f"  touches      : {', '.join(f'{k} {v}' for k, v in sorted(r.modules.items()))} modules",
         f"  blocks       : {' '.join(f'{k}:{v}' for k, v in r.blocks.items())}",
-        f"  LDM blocks   : {', '.join(f'{k} {v}' for k, v in r.ldm_blocks.items())}",
+        f"  {'BFL blocks' if r.family == Family.FLUX.value else 'LDM blocks'}   : "
+        + ", ".join(f"{k} {v}" for k, v in r.ldm_blocks.items()),
         f"  triggers     : {', '.join(r.trigger_words) or '—'}",
         f"  hashes       : lora {r.hashes['lora_short']}  sha256 {r.hashes['autov2']} ({r.hashes['sha256']})",
     ]
