@@ -106,7 +106,7 @@ def test_bake_and_merge_write_loadable_loras(folder, capsys, tmp_path) -> None:
         (["doctor", "{d}/char.safetensors", "{d}/xl.safetensors"], "LoRA 'xl'"),
         (["doctor", "{d}/char.safetensors:abc"], "TE strength 'abc' is not a number"),
         (["doctor", "{d}/char.safetensors:1:lbw=1,2,3"], "block vector has 3 values"),
-        (["doctor", "{d}/char.safetensors", "--base", "{d}/style.safetensors"], "is not an SD1, SD2 or SDXL checkpoint"),
+        (["doctor", "{d}/char.safetensors", "--base", "{d}/style.safetensors"], "is not an SD1, SD2, SDXL or Flux checkpoint"),
         (["doctor", "{d}/char.safetensors", "--base", "{d}/nothing.safetensors"], "nothing.safetensors"),
         (["bake", "{d}/char.safetensors", "--out", "{d}/char.safetensors"], "is one of the inputs"),
         (["bake", "{d}/char.safetensors", "--out", "{d}/x.safetensors", "--method", "checkpoint"], "needs --base"),

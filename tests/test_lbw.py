@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lib_lorastack.formats.targets import Family
-from lib_lorastack.syntax.blocks import BLOCK_IDS_26
+from lib_lorastack.syntax.blocks import BLOCK_IDS_26, BLOCK_IDS_FLUX
 from lib_lorastack.syntax.lbw import read_elemental, read_presets, resolve_block_weights
 
 
@@ -92,3 +92,64 @@ def test_elemental_presets() -> None:
     assert bw.weight_for("model.diffusion_model.input_blocks.1.1.proj_in") == 0.25
     assert bw.weight_for("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k") == 1
     assert bw.weight_for("model.diffusion_model.middle_block.1.proj_in") == 1
+
+
+# Flux: LBW's 61 slots in BLOCKIDFLUX order (CLIP, T5, IN, D00..D18, S00..S37, OUT), from its lora_block_weight.py.
+FLUX_MODULES = {
+    "clip_l.transformer.text_model.encoder.layers.11.mlp.fc2": 0,
+    "t5xxl.transformer.encoder.block.23.layer.0.SelfAttention.q": 1,
+    "diffusion_model.img_in": 2,
+    "diffusion_model.vector_in.out_layer": 2,
+    "diffusion_model.double_blocks.0.img_attn.qkv": 3,
+    "diffusion_model.double_blocks.5.txt_mlp.2": 8,
+    "diffusion_model.double_blocks.18.img_mod.lin": 21,
+    "diffusion_model.single_blocks.0.linear1": 22,
+    "diffusion_model.single_blocks.37.linear2": 59,
+    "diffusion_model.final_layer.linear": 60,
+}
+
+
+def test_flux_vector_slots() -> None:
+    spec = ",".join(str(i) for i in range(61))
+    bw = resolve_block_weights(Family.FLUX, spec)
+    assert not bw.notes and len(bw.slots) == 61 and list(bw.vector) == list(BLOCK_IDS_FLUX)
+    for module, index in FLUX_MODULES.items():
+        assert bw.weight_for(module) == index, module
+    assert bw.vector["D05"] == 8 and bw.vector["S00"] == 22 and bw.vector["OUT"] == 60
+
+
+def test_flux_presets_and_letters() -> None:
+    assert resolve_block_weights(Family.FLUX, "FLUXALL").is_identity
+    assert resolve_block_weights(Family.FLUX, None).slots == (1.0,) * 61
+    mine, problems = read_presets("NOSINGLE:" + ",".join(["1"] * 22 + ["0"] * 38 + ["1"]))
+    assert not problems
+    bw = resolve_block_weights(Family.FLUX, "NOSINGLE", presets=mine)
+    assert bw.weight_for("diffusion_model.single_blocks.9.linear1") == 0
+    assert bw.weight_for("diffusion_model.double_blocks.9.img_attn.qkv") == 1
+    x = resolve_block_weights(Family.FLUX, ",".join(["X"] * 3 + ["X-0.5"] * 19 + ["R"] * 38 + ["X+1"]), x=0.75, seed=3)
+    assert x.vector["CLIP"] == 0.75 and x.vector["D10"] == 0.25 and x.vector["OUT"] == 1.75
+    assert all(0 <= x.vector[f"S{i:02d}"] < 1 for i in range(38))
+
+
+def test_sd_layouts_are_refused_on_flux_and_flux_on_sd() -> None:
+    # LBW turns a 17/12/20/26-value vector into 26 values and then indexes past them for Flux blocks (it fails);
+    # we refuse such a spec on a Flux LoRA with a note and keep every block at 1.
+    for spec in ("ALL", "OUTD", ",".join(["0"] * 26), "1,0,0,0,0,1,1,1,1,1,1,1"):
+        bw = resolve_block_weights(Family.FLUX, spec)
+        assert bw.is_identity and "Flux LoRA needs 61" in bw.notes[0], spec
+    assert "not recognised" in resolve_block_weights(Family.FLUX, "NOSUCH").notes[0]
+    bw = resolve_block_weights(Family.SDXL, "FLUXALL")
+    assert bw.is_identity and "Flux" in bw.notes[0]
+
+
+def test_flux_elemental_rules() -> None:
+    rules = read_elemental("NOIMGATTN:D00-D18:img_attn:0\n\nHALFMLP:NOT D00-D09:mlp linear2:0.5")
+    bw = resolve_block_weights(Family.FLUX, None, lbwe="NOIMGATTN", elemental_presets=rules)
+    assert bw.weight_for("diffusion_model.double_blocks.3.img_attn.qkv") == 0
+    assert bw.weight_for("diffusion_model.double_blocks.3.txt_attn.qkv") == 1
+    assert bw.weight_for("diffusion_model.single_blocks.3.linear1") == 1
+    bw = resolve_block_weights(Family.FLUX, "FLUXALL", lbwe="HALFMLP", elemental_presets=rules)
+    assert bw.weight_for("diffusion_model.double_blocks.4.img_mlp.0") == 1  # D04 is in D00-D09
+    assert bw.weight_for("diffusion_model.double_blocks.14.img_mlp.0") == 0.5
+    assert bw.weight_for("diffusion_model.single_blocks.2.linear2") == 0.5  # S02 is not in D00-D09
+    assert bw.weight_for("diffusion_model.single_blocks.2.linear1") == 1

@@ -2,6 +2,9 @@
 
 Keys are the WebUI's checkpoint names: module name + ``.`` + parameter (``model.diffusion_model.….weight``,
 ``cond_stage_model.transformer.….weight``, ``conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight``).
+Flux files come in three spellings of Forge's names (``diffusion_model.double_blocks.0.img_attn.qkv``): all-in-one
+(``model.diffusion_model.…``, ``text_encoders.clip_l.…``, ``text_encoders.t5xxl.…``), the transformer alone with
+bare BFL names (``double_blocks.0.…``), or Forge's own; the file's spelling is found from its keys.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ _FAMILY_MARKERS = (
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", Family.SD2),
     ("cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", Family.SD1),
 )
+_FLUX_QKV = "double_blocks.0.img_attn.qkv.weight"
+# (a key only that spelling has, how Forge's roots are written in it)
+_FLUX_SPELLINGS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("model.diffusion_model." + _FLUX_QKV,
+     {"diffusion_model.": "model.diffusion_model.", "clip_l.": "text_encoders.clip_l.", "t5xxl.": "text_encoders.t5xxl."}),
+    ("diffusion_model." + _FLUX_QKV, {}),
+    (_FLUX_QKV, {"diffusion_model.": ""}),
+)  # fmt: skip
 _CONTEXT_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
 
@@ -36,8 +47,16 @@ def checkpoint_key(target: Target) -> str:
     return f"{target.module}.{target.param}"
 
 
+def flux_spelling(keys: Iterable[str]) -> dict[str, str] | None:
+    """How a Flux file writes Forge's roots (``{"diffusion_model.": "model.diffusion_model.", …}``), None if not Flux."""
+    keyset = set(keys)
+    return next((roots for marker, roots in _FLUX_SPELLINGS if marker in keyset), None)
+
+
 def detect_family(keys: Iterable[str], shapes: dict[str, tuple[int, ...]] | None = None) -> Family | None:
     keyset = set(keys)
+    if flux_spelling(keyset) is not None:
+        return Family.FLUX
     for key, family in _FAMILY_MARKERS:
         if key in keyset:
             return family
@@ -58,17 +77,27 @@ class BaseCheckpoint:
         self.family = detect_family(self.file.keys, self.file.shapes)
         if self.family is None:
             raise CheckpointError(
-                self.path, "is not an SD1, SD2 or SDXL checkpoint with the WebUI's key names (model.diffusion_model.…)"
+                self.path,
+                "is not an SD1, SD2, SDXL or Flux checkpoint with the WebUI's key names (model.diffusion_model.…)",
             )
+        self._roots = flux_spelling(self.file.keys) or {}
         self._last: tuple[str, torch.Tensor] | None = None
 
     @property
     def metadata(self) -> dict[str, str]:
         return self.file.metadata
 
+    def key(self, target: Target) -> str:
+        """The target's tensor name in this file."""
+        key = checkpoint_key(target)
+        for root, written in self._roots.items():
+            if key.startswith(root):
+                return written + key[len(root) :]
+        return key
+
     def fault(self, target: Target, shape: tuple[int, ...] | None = None) -> str | None:
         """Why ``target`` cannot be read from this checkpoint (None when it can)."""
-        key = checkpoint_key(target)
+        key = self.key(target)
         if key not in self.file.shapes:
             return f"has no tensor {key!r} (a LoRA of the stack changes it)"
         full = self.file.shapes[key]
@@ -92,7 +121,7 @@ class BaseCheckpoint:
         fault = self.fault(target)
         if fault:
             raise CheckpointError(self.path, fault)
-        t = self.tensor(checkpoint_key(target))
+        t = self.tensor(self.key(target))
         if target.rows is not None:
             t = t[target.rows[0] : target.rows[1]]
         return t.to(device=device, dtype=dtype)

@@ -12,6 +12,7 @@ from ..adapters.base import Adapter
 from ..formats.model_tables import load_table
 from ..formats.targets import Family, Target
 from ..syntax.blocks import block_id
+from .fused_rows import RowsAdapter
 from .stack import StackItem
 
 OTHER = "OTHER"  # modules outside every LBW block (time_embed, out, label_emb): no block weight reaches them
@@ -94,13 +95,36 @@ def target_order(family: Family):
     return lambda t: (order.get(t.module, len(order)), t.param, t.rows or (0, 0))
 
 
+def _whole_weights(lora_modules: dict[Target, Adapter], table) -> dict[Target, Adapter]:
+    """Flux: one LoRA's changes of row slices of a fused weight (q/k/v of ``img_attn.qkv``, q/k/v/mlp of
+    ``linear1``) as one change of the whole weight (``fused_rows``), the unit Forge patches and kohya stores."""
+    sliced = {t.module for t in lora_modules if t.rows is not None}
+    if not sliced:
+        return lora_modules
+    out: dict[Target, Adapter] = {}
+    groups: dict[Target, list[tuple[tuple[int, int] | None, Adapter]]] = {}
+    for target, adapter in lora_modules.items():
+        if target.module in sliced:
+            groups.setdefault(Target(target.module, target.param), []).append((target.rows, adapter))
+        else:
+            out[target] = adapter
+    for whole, pieces in groups.items():
+        shape = table.shape_of(whole)
+        if shape is None:
+            continue  # the loader checked every target against the same table
+        out[whole] = RowsAdapter(sorted(pieces, key=lambda p: p[0] or (0, 0)), shape[0])
+    return out
+
+
 def collect_changes(items: Sequence[StackItem], family: Family | str) -> list[TargetChange]:
-    """Every target the stack changes (strength ≠ 0), in model order, with each LoRA's part."""
+    """Every target the stack changes (strength ≠ 0), in model order, with each LoRA's part. On Flux, a LoRA's
+    changes of parts of a fused weight are one change of that weight (``fused_rows.RowsAdapter``)."""
     family = Family(family)
     table = load_table(family)
     by_target: dict[Target, TargetChange] = {}
     for index, item in enumerate(items):
-        for target, adapter in item.lora.modules.items():
+        modules = _whole_weights(item.lora.modules, table) if family is Family.FLUX else item.lora.modules
+        for target, adapter in modules.items():
             strength = item.strength_for(target)
             if strength == 0.0:
                 continue

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..engine import PatchEngine
-from ..formats.targets import Family
+from ..formats.targets import Family, Target
 from .basefile import BaseCheckpoint, CheckpointError
 from .output import check_output, source_record, temp_path
 from .progress import ProgressFn, no_progress
@@ -68,9 +68,9 @@ def fused_values(
     for name, params in needed.items():
         module = torch.nn.Module()
         for param in params:
-            module.register_parameter(param, torch.nn.Parameter(base.tensor(f"{name}.{param}").clone(), requires_grad=False))
+            module.register_parameter(param, torch.nn.Parameter(base.tensor(base.key(Target(name, param))).clone(), requires_grad=False))
         bias_name = "in_proj_bias" if "in_proj_weight" in params else "bias"
-        bias_key = f"{name}.{bias_name}"
+        bias_key = base.key(Target(name, bias_name))
         if bias_key in base.file.shapes:
             module.register_parameter(bias_name, torch.nn.Parameter(base.tensor(bias_key).clone(), requires_grad=False))
         else:
@@ -82,7 +82,7 @@ def fused_values(
     created = engine.created_biases()
     if created:
         raise CheckpointError(base.path, f"a LoRA changes the bias of {sorted(created)[0]!r}, which the checkpoint lacks")
-    out = {f"{module}.{param}": getattr(modules[module], param).detach() for module, param in engine.written()}
+    out = {base.key(Target(module, param)): getattr(modules[module], param).detach() for module, param in engine.written()}
     progress(1, 1, "fuse")
     return out
 

@@ -59,7 +59,7 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("stack", nargs="*", help="<lora:…> tags or FILE[:WEIGHT[:…]]")
     p.add_argument("--prompt", action="append", default=[], help="a prompt with <lora:…> tags (repeatable)")
     p.add_argument("--lora-dir", action="append", default=[], metavar="DIR", help="where tag names are looked up (repeatable)")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl"], help="the base model (detected from the LoRAs when omitted)")
+    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "flux"], help="the base model (detected from the LoRAs when omitted)")
     p.add_argument("--base", metavar="CHECKPOINT", help="the base checkpoint (.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", help="where to compute: auto (GPU when there is one), cpu, cuda, …")

@@ -10,6 +10,7 @@ import torch
 
 from ..formats.files import trigger_words
 from ..formats.keymap import family_hint
+from ..syntax.blocks import TE_BLOCKS
 from .changes import OTHER
 from .metrics import BlockMetrics, StackMetrics
 from .stack import StackItem
@@ -186,6 +187,7 @@ def _te_findings(m: StackMetrics) -> list[Finding]:
     if m.te is None:
         return []
     carriers = [m.names[i] for i, v in enumerate(m.te.gram.diagonal()) if float(v) > 0]
+    te_ids = tuple(b for b in m.blocks if b in TE_BLOCKS) or ("BASE",)
     out = []
     if len(carriers) > TE_MAX_LORAS:
         out.append(
@@ -195,7 +197,7 @@ def _te_findings(m: StackMetrics) -> list[Finding]:
                 f"{len(carriers)} LoRAs change the text encoders ({', '.join(carriers)}): their changes add up before "
                 "cross-attention and can make the prompt lose its hold",
                 tuple(carriers),
-                ("BASE",),
+                te_ids,
                 float(len(carriers)),
             )
         )
@@ -207,7 +209,7 @@ def _te_findings(m: StackMetrics) -> list[Finding]:
                 f"the text encoders move by {m.te.relative:.1%} of their weights (UNet: "
                 f"{(m.unet.relative if m.unet and m.unet.relative is not None else 0):.1%})",
                 tuple(carriers),
-                ("BASE",),
+                te_ids,
                 m.te.relative,
             )
         )

@@ -18,15 +18,17 @@ from ..formats.files import trigger_words
 from ..formats.hashes import file_hashes
 from ..formats.targets import Family
 from ..syntax import format_entry
-from ..syntax.blocks import BLOCK_IDS_26, FULL_LAYOUT
+from ..syntax.blocks import FULL_LAYOUT, slot_space
 from .stack import StackItem
 
-BASE_MODEL_VERSION = {Family.SD1: "sd_v1", Family.SD2: "sd_v2", Family.SDXL: "sdxl_base_v1-0"}
+BASE_MODEL_VERSION = {Family.SD1: "sd_v1", Family.SD2: "sd_v2", Family.SDXL: "sdxl_base_v1-0", Family.FLUX: "flux1"}
 ARCHITECTURE = {
     Family.SD1: "stable-diffusion-v1/lora",
     Family.SD2: "stable-diffusion-v2-768-v/lora",
     Family.SDXL: "stable-diffusion-xl-v1-base/lora",
+    Family.FLUX: "flux-1-dev/lora",  # sd-scripts' sai_model_spec (dev and schnell LoRAs are interchangeable)
 }
+NETWORK_MODULE = {Family.FLUX: "networks.lora_flux"}  # sd-scripts' module name; "networks.lora" for SD
 
 
 class OutputError(LoraStackError):
@@ -96,7 +98,8 @@ def source_record(item: StackItem, family: Family) -> dict:
     if item.block_weights is not None:
         rec["lbw"] = e.lbw
         rec["lbwe"] = e.lbwe
-        rec["block_vector"] = {b: item.slots[BLOCK_IDS_26.index(b)] for b in FULL_LAYOUT[family]}
+        ids = slot_space(family)
+        rec["block_vector"] = {b: item.slots[ids.index(b)] for b in FULL_LAYOUT[family]}
     if e.start is not None or e.stop is not None:
         rec["start"], rec["stop"] = e.start, e.stop
     return rec
@@ -117,7 +120,7 @@ def lora_metadata(
             for d, counts in by_dir.items():
                 tags[f"{it.name}/{d}"] = counts
     meta = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": NETWORK_MODULE.get(family, "networks.lora"),
         "ss_network_dim": dim,
         "ss_network_alpha": dim,
         "ss_base_model_version": BASE_MODEL_VERSION[family],

@@ -17,6 +17,7 @@ from ..formats.lora import ParsedLora
 from ..formats.targets import Family, Target
 from ..stack.catalog import LoraCatalog
 from ..syntax import StackEntry, StackRequest, parse_prompt
+from ..syntax.blocks import slot_space
 from ..syntax.lbw import DEFAULT_PRESETS, BlockWeights, resolve_block_weights, spec_fault
 
 
@@ -54,8 +55,10 @@ class StackItem:
 
     @property
     def slots(self) -> tuple[float, ...]:
-        """The 26 LBW slot weights in effect (all 1 without block weights)."""
-        return self.block_weights.slots if self.block_weights is not None else (1.0,) * 26
+        """The LBW slot weights in effect (26, Flux: 61; all 1 without block weights)."""
+        if self.block_weights is not None:
+            return self.block_weights.slots
+        return (1.0,) * len(slot_space(self.lora.family or Family.SD1))
 
 
 def stack_item(

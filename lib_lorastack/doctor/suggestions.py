@@ -12,7 +12,7 @@ import torch
 from ..formats.files import trigger_words
 from ..formats.targets import Family
 from ..syntax import StackEntry, format_entry, format_number
-from ..syntax.blocks import BLOCK_IDS_26, FULL_LAYOUT, SHORT_LAYOUT
+from ..syntax.blocks import FULL_LAYOUT, SHORT_LAYOUT, TE_BLOCKS, slot_space
 from .changes import OTHER
 from .findings import BUDGET_KAPPA, MANY_LORAS, RELATIVE_BUDGET, TE_MAX_LORAS, Finding
 from .metrics import BlockMetrics, StackMetrics
@@ -33,6 +33,7 @@ FINE_BLOCKS = {
     Family.SD2: _SD_FINE,
     Family.SDXL: (*(f"IN{i:02d}" for i in range(6)), *(f"OUT{i:02d}" for i in range(3, 9))),
 }  # the high-resolution levels: texture, detail
+# Flux has no resolution levels (every double and single block sees all tokens): no time split is suggested there.
 
 
 @dataclass(frozen=True)
@@ -99,20 +100,24 @@ def entry_for(item: StackItem, factors: dict[str, float], family: Family) -> Sta
     if all(f >= 1 - 1e-9 for f in factors.values()):
         return None
     e = item.entry
-    unet_blocks = [b for b in factors if b != "BASE"]
+    unet_blocks = [b for b in factors if b not in TE_BLOCKS]
+    te_blocks = [b for b in factors if b in TE_BLOCKS]
     plain = e.lbw is None and e.lbwe is None
     if e.lbwe is not None or (plain and _same(list(factors.values()))):
         c = min(factors.values())
-        te = _down(e.te * c) if "BASE" in factors else e.te
+        te = _down(e.te * c) if te_blocks else e.te
         unet = _down(e.unet * c) if unet_blocks else e.unet
         return replace(e, te=te, unet=unet)
-    if plain and unet_blocks and _same([factors[b] for b in unet_blocks]) and factors.get("BASE", 1.0) >= 1 - 1e-9:
+    te_kept = all(factors[b] >= 1 - 1e-9 for b in te_blocks)
+    if plain and unet_blocks and _same([factors[b] for b in unet_blocks]) and te_kept:
         return replace(e, unet=_down(e.unet * factors[unet_blocks[0]]))
-    layout = SHORT_LAYOUT[family] if set(factors) <= set(SHORT_LAYOUT[family]) else FULL_LAYOUT[family]
+    short = SHORT_LAYOUT.get(family)
+    layout = short if short and set(factors) <= set(short) else FULL_LAYOUT[family]
     slots = item.slots
+    ids = slot_space(family)
     values = []
     for b in layout:
-        v = slots[BLOCK_IDS_26.index(b)]
+        v = slots[ids.index(b)]
         f = factors.get(b, 1.0)
         values.append(_down(v * f) if f < 1 - 1e-9 else v)
     return replace(e, lbw=",".join(format_number(v) for v in values), x=None)
@@ -144,15 +149,17 @@ def suggest(m: StackMetrics, items: Sequence[StackItem], findings: Sequence[Find
     n = len(items)
     drop = _te_drops(m, items)
     blocks = {b: blk for b, blk in m.blocks.items() if b != OTHER}
-    if drop and "BASE" in blocks:
+    te_blocks = [b for b in blocks if b in TE_BLOCKS]  # BASE; Flux: CLIP and T5
+    if drop:
         keep = torch.ones(n, dtype=torch.float64)
         keep[drop] = 0
-        blk = blocks["BASE"]
-        blocks["BASE"] = replace(blk, gram=blk.gram * keep[:, None] * keep[None, :])
+        for b in te_blocks:
+            blocks[b] = replace(blocks[b], gram=blocks[b].gram * keep[:, None] * keep[None, :])
     budgets = {b: block_budget(blk) for b, blk in blocks.items()}
     factors = {b: block_multipliers(blk, budgets[b]) for b, blk in blocks.items()}
-    if drop and "BASE" in factors:
-        factors["BASE"] = [0.0 if i in drop else f for i, f in enumerate(factors["BASE"])]
+    if drop:
+        for b in te_blocks:
+            factors[b] = [0.0 if i in drop else f for i, f in enumerate(factors[b])]
     entries = [it.entry for it in items]
     suggestions: list[Suggestion] = []
 
@@ -200,13 +207,15 @@ def suggest(m: StackMetrics, items: Sequence[StackItem], findings: Sequence[Find
 
 
 def _share(m: StackMetrics, i: int, which: Sequence[str]) -> float:
-    unet = [b for b in m.blocks if b not in ("BASE", OTHER)]
+    unet = [b for b in m.blocks if b not in TE_BLOCKS and b != OTHER]
     total = sum(float(m.blocks[b].gram[i, i]) for b in unet)
     part = sum(float(m.blocks[b].gram[i, i]) for b in unet if b in which)
     return part / total if total else 0.0
 
 
 def _time_splits(m: StackMetrics, items: Sequence[StackItem], findings: Sequence[Finding]) -> list[Suggestion]:
+    if m.family not in DEEP_BLOCKS:
+        return []
     index = {it.name: i for i, it in enumerate(items)}
     seen: set[tuple[int, int]] = set()
     out: list[Suggestion] = []

@@ -1,5 +1,9 @@
 """Models with the WebUI's exact module names, classes and shapes, built from the module tables with random
-weights: for the demo, benchmarks and tests (no weights are ever downloaded)."""
+weights: for the demo, benchmarks and tests (no weights are ever downloaded).
+
+Flux (Forge's names from ``flux1.json``: ``diffusion_model.double_blocks.N.…``, ``clip_l.…``, ``t5xxl.…``) is built
+the same way; Forge's own ``Linear`` is not a ``torch.nn.Linear`` subclass, the skeleton uses ``nn.Linear`` of the
+same shapes. ``flux_select`` keeps a reduced depth (a few double and single blocks at the real widths)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def _conv(name: str, shape: tuple[int, ...], bias: bool) -> nn.Conv2d:
 def make_module(info: ModuleInfo) -> nn.Module:
     """One layer as the WebUI has it (real torch.nn class, real shapes), uninitialised."""
     p = info.params
-    if info.base == "Linear":
+    if info.base == "Linear" or (info.type == "Linear" and "weight" in p):  # Forge's Linear: base Module
         out_f, in_f = p["weight"]
         if info.type == "NonDynamicallyQuantizableLinear":  # MultiheadAttention's out_proj
             return nn.modules.linear.NonDynamicallyQuantizableLinear(in_f, out_f, bias="bias" in p)
@@ -43,6 +47,25 @@ def make_module(info: ModuleInfo) -> nn.Module:
     for pname, shape in p.items():
         module.register_parameter(pname, nn.Parameter(torch.empty(shape), requires_grad=False))
     return module
+
+
+def flux_select(
+    double_blocks: int = 2, single_blocks: int = 2, *, top: bool = True, text_encoders: bool = False
+) -> Callable[[str], bool]:
+    """Which Flux modules a reduced-depth skeleton keeps: the first ``double_blocks`` double and ``single_blocks``
+    single blocks, the top-level layers (img_in, txt_in, time/vector/guidance_in, final_layer) when ``top``, and
+    CLIP-L and T5-XXL when ``text_encoders``."""
+
+    def keep(name: str) -> bool:
+        if name.startswith("diffusion_model.double_blocks."):
+            return int(name.split(".")[2]) < double_blocks
+        if name.startswith("diffusion_model.single_blocks."):
+            return int(name.split(".")[2]) < single_blocks
+        if name.startswith("diffusion_model."):
+            return top
+        return text_encoders and name.startswith(("clip_l.", "t5xxl."))
+
+    return keep
 
 
 def _attach(root: nn.Module, name: str, module: nn.Module) -> None:
