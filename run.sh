@@ -26,17 +26,19 @@ ensure_venv() {  # $1: requirements set (core | test)
     echo "$want" >"$stamp"
 }
 
-ensure_ui_venv() {  # the panel's browser tests: gradio 3.41.2 as the WebUI pins it, in its own environment
-    local ui="${LORASTACK_UI_VENV:-.venv-ui}" stamp want
-    stamp="$ui/.lorastack-ui"
-    want="$(sha256sum requirements/ui.txt | cut -d' ' -f1)"
+ensure_ui_venv() {  # the panel's browser tests, each gradio in its own environment: $1 = ui (gradio 3.41.2, the
+    # WebUI's pin: .venv-ui) or ui4 (gradio 4.40.0, Forge's and Forge Neo's: .venv-ui4)
+    local set="${1:-ui}" ui stamp want
+    if [[ "$set" == ui ]]; then ui="${LORASTACK_UI_VENV:-.venv-ui}"; else ui="${LORASTACK_UI4_VENV:-.venv-ui4}"; fi
+    stamp="$ui/.lorastack-$set"
+    want="$(sha256sum "requirements/$set.txt" | cut -d' ' -f1)"
     if [[ -x "$ui/bin/python" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
         UI_PY="$ui/bin/python"; return
     fi
-    echo "[lorastack] setting up $ui (browser-test requirements)…" >&2
+    echo "[lorastack] setting up $ui (browser-test requirements, $set.txt)…" >&2
     [[ -x "$ui/bin/python" ]] || "$PY" -m venv "$ui"
     "$ui/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    "$ui/bin/python" -m pip install -q --disable-pip-version-check -r requirements/ui.txt
+    "$ui/bin/python" -m pip install -q --disable-pip-version-check -r "requirements/$set.txt"
     echo "$want" >"$stamp"
     UI_PY="$ui/bin/python"
 }
@@ -63,10 +65,12 @@ case "$cmd" in
     test)
         ensure_venv test
         "$VENV/bin/python" -m ruff check .
-        if [[ $# -eq 0 ]]; then  # the whole suite: the panel in a real browser first, then everything else
-            ensure_ui_venv
+        if [[ $# -eq 0 ]]; then  # the whole suite: the panel in a real browser under both gradios first, then the rest
             ensure_browser
-            LORASTACK_UI_TESTS=1 LORASTACK_ARTIFACTS="${LORASTACK_ARTIFACTS:-tests/ui/artifacts}" "$UI_PY" -m pytest tests/ui -p no:cacheprovider
+            for set in ui ui4; do
+                ensure_ui_venv "$set"
+                LORASTACK_UI_TESTS=1 LORASTACK_ARTIFACTS="${LORASTACK_ARTIFACTS:-tests/ui/artifacts}" "$UI_PY" -m pytest tests/ui -p no:cacheprovider
+            done
         fi
         "$VENV/bin/python" -m pytest "$@" ;;
     bench)

@@ -11,7 +11,7 @@ import torch
 
 from lib_lorastack.formats.targets import Family
 
-from .run import FamilyResult, run_family
+from .run import FamilyResult, bench_lycoris, run_family
 
 
 def machine() -> str:
@@ -54,12 +54,29 @@ def show(r: FamilyResult) -> str:
         s = r.step
         lines.append(f"   whole diffusers UNet step ({s['layers']:.0f} layers attached): base {s['base']:.1f} ms, "
                      f"online {s['online']:.1f} ms ({s['online_pct']:+.1f} %), fused {s['fused']:.1f} ms ({s['fused_pct']:+.1f} %)")
+    if "online_step" in r.diffusers:
+        d = r.diffusers
+        pct = f" ({100 * (d['online_step'] - r.step['base']) / r.step['base']:+.1f} %)" if r.step else ""
+        lines.append(f"   diffusers online (PEFT unfused): step {d['online_step']:.1f} ms{pct}, set_adapters {d['online_switch']:.1f} ms")
     m = r.memory
     mem = f"   memory: backups {m['backup_mib']:.0f} MiB = touched {m['touched_mib']:.0f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB"
     if "peak_gpu_mib" in m:
         mem += f"; peak GPU {m['peak_gpu_mib']:.0f} MiB"
     lines.append(mem)
     lines += [f"   note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def show_lycoris(family: Family, r: dict) -> str:
+    lines = [f"== {family.value.upper()} UNet, lycoris-lora files (fp32): {r['weights']} weights, {r['touched_gib']:.2f} GiB; "
+             f"copy floor {r['copy_floor']:.0f} ms"]
+    base = r.get("locon", {}).get("apply")
+    for algo in ("locon", "lokr", "loha"):
+        if algo in r:
+            x = r[algo]
+            rel = f" ({x['apply'] / base:.2f}× LoCon's)" if base else ""
+            lines.append(f"   {algo:6s} apply {x['apply']:8.0f} ms{rel} = {x['apply'] / r['copy_floor']:.1f}× copy floor; "
+                         f"strength change {x['switch']:8.0f} ms; clear {x['clear']:6.0f} ms")
     return "\n".join(lines)
 
 
@@ -72,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--no-realistic", action="store_true", help="skip the mixed stack (LoRA, LoCon, LoHa, DoRA)")
     p.add_argument("--step", action="store_true", help="also time a whole diffusers UNet step on the CPU (slow)")
+    p.add_argument("--lycoris", action="store_true", help="only the LyCORIS apply figures (lycoris-lora files, fp32)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     families = {"sd15": [Family.SD1], "sdxl": [Family.SDXL], "both": [Family.SD1, Family.SDXL]}[args.family]
@@ -80,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {machine()}")
+    if args.lycoris:
+        for family in families:
+            print(show_lycoris(family, bench_lycoris(family, args.repeats)), flush=True)
+        return 0
     results = []
     for family in families:
         r = run_family(family, repeats=args.repeats, dtype=dtype, with_diffusers=not args.no_diffusers, device=device,

@@ -8,7 +8,9 @@ LoRAs on every attention, feed-forward and projection layer:
 * a fault injected at a random point leaves every weight as it was, bit for bit (30 trials per backup place);
 * fused and online outputs agree;
 * the tensor-core products are as exact as fp32 ones (against float64);
-* a ``torch.compile``d function stays valid after an in-place switch, with no recompilation.
+* a ``torch.compile``d function stays valid after an in-place switch, with no recompilation;
+* a mixed LyCORIS stack (LoRA, LoCon, LoHa, LoKr, DoRA) switched on the graph path == per-weight writes;
+* online strength switches that skip planning == planned online applies.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lib_lorastack.syntax.lbw import resolve_block_weights
 from lib_lorastack.tools.examples import ensure_examples
 from lib_lorastack.tools.skeleton import build_skeleton
 
-from .models import make_loras
+from .models import lycoris_file, make_loras, realistic_loras
 
 F = Family.SD1
 QUICK_SUBSET = ("input_blocks.1.", "input_blocks.4.", "middle_block.1.", "output_blocks.9.", "layers.0.", "layers.11.")
@@ -239,6 +241,44 @@ def main(argv: list[str] | None = None) -> int:
         checks.report("torch.compile'd function valid after in-place switches, no recompilation", False, f"{type(exc).__name__}: {exc}"[:300])
     finally:
         torch._dynamo.config.error_on_recompile = False
+
+    # The LyCORIS types on the grouped, replayed path (issue 17): a mixed stack switched back and forth, against a
+    # twin written per weight from scratch without graphs; and the online strength switch that skips planning.
+    mixed = [parse_state_dict(sd, family=F, name=name) for name, sd in realistic_loras(F, torch.float16).items()]
+    mixed.append(parse_state_dict(lycoris_file(F, "lokr", rank=8), family=F, name="lokr"))
+    twin = resolve_modules(build_skeleton(F, dtype=torch.float16, device=device, select=select, seed=3))
+    engine = PatchEngine(modules)
+    eager = PatchEngine(twin, graphs=False)
+    mismatched = 0
+    for k in range(6):
+        stack = [StackLayer(lora, unet=0.9 - 0.1 * k + 0.07 * i) for i, lora in enumerate(mixed)]
+        engine.apply(stack)
+        eager.clear()
+        eager.apply(stack)
+        mismatched += bool(differences(snapshot(modules), snapshot(twin)))
+    engine.clear()
+    eager.clear()
+    checks.report("mixed stack (LoRA, LoCon, LoHa, LoKr, DoRA) switches on the graph path == per-weight writes from scratch",
+                  mismatched == 0 and (device.type == "cpu" or engine.graphs.replays > 0),
+                  f"{mismatched} of 6 differed; graphs: {engine.graphs.captures} captured, {engine.graphs.replays} replayed"
+                  + (f"; {engine.graphs.failures[0]}" if engine.graphs.failures else ""))
+    online = PatchEngine(modules, mode="online")
+    planned = PatchEngine(twin, mode="online")
+    probe = [n for n in layers if isinstance(modules[n], torch.nn.Linear)]
+    mismatched = fast = 0
+    for k in range(5):
+        stack = [StackLayer(lora, unet=0.9 - 0.2 * k + 0.05 * i) for i, lora in enumerate(big)]
+        online.apply(stack)
+        fast += online._fast_online_switch is not None
+        planned.clear()
+        planned.apply(stack)
+        with torch.no_grad():
+            mismatched += any(not torch.equal(modules[n](inputs[n]), twin[n](inputs[n])) for n in probe)
+    online.clear()
+    planned.clear()
+    del twin, eager, planned
+    checks.report("online strength switches without planning == planned online applies (outputs bit for bit)",
+                  mismatched == 0 and fast == 5, f"{mismatched} of 5 differed; fast switch ready {fast} of 5")
 
     diff = differences(snapshot(modules), base)
     checks.report("model pristine at the end", not diff)

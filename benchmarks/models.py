@@ -125,3 +125,34 @@ def realistic_loras(family: Family, dtype=torch.float16) -> dict[str, dict[str, 
         dora[f"{key}.dora_scale"] = (0.5 + torch.rand(1, fan_in, generator=g)).to(dtype)  # column magnitudes
     out["dora"] = dora
     return out
+
+
+def lycoris_file(family: Family, algo: str, *, rank: int = 16, factor: int = 8, seed: int = 11) -> dict[str, torch.Tensor]:
+    """A LyCORIS file as lycoris-lora writes it (its own ``LoConModule`` / ``LokrModule`` / ``LohaModule`` state
+    dicts under kohya names, fp32), on every Linear and Conv2d weight of the family's UNet, with every factor filled
+    with noise (lycoris zero-initialises one of them)."""
+    from lycoris.modules.locon import LoConModule
+    from lycoris.modules.loha import LohaModule
+    from lycoris.modules.lokr import LokrModule
+
+    module_class = {"locon": LoConModule, "lokr": LokrModule, "loha": LohaModule}[algo]
+    extra = {"factor": factor} if algo == "lokr" else {}
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for t in targetable(family):
+        if not t.module.startswith("model.diffusion_model."):
+            continue
+        shape = target_shape(t, family)
+        with torch.device("meta"):
+            if len(shape) == 2:
+                layer: torch.nn.Module = torch.nn.Linear(shape[1], shape[0])
+            else:
+                layer = torch.nn.Conv2d(shape[1], shape[0], tuple(shape[2:]), padding=shape[2] // 2)
+        lyco = module_class("lora", layer, 1.0, lora_dim=rank, alpha=rank / 2, **extra)
+        key = kohya_key(t, family)
+        for name, tensor in lyco.state_dict().items():
+            if name == "alpha":
+                out[f"{key}.alpha"] = tensor.detach().clone()
+            elif tensor.is_floating_point():
+                out[f"{key}.{name}"] = torch.randn(tensor.shape, generator=g) * (0.02 if algo == "locon" else 0.1)
+    return out

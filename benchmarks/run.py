@@ -247,7 +247,7 @@ def bench_step(family: Family, loras_sd, dtype, unet, device: str, repeats: int,
                    "fused_pct": 100 * (fused - base) / base, "layers": float(len(modules))}  # fmt: skip
 
 
-def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: FamilyResult, unet) -> None:
+def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: FamilyResult, unet, step_inputs: dict | None = None) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if family is Family.SDXL:
@@ -267,6 +267,13 @@ def bench_diffusers(family: Family, loras_sd, dtype, repeats: int, result: Famil
     def fuse(weights):
         pipe.set_adapters(names, weights)
         pipe.fuse_lora(components=["unet"], adapter_names=names)
+
+    if step_inputs is not None:  # diffusers' online mode: PEFT layers unfused, the LoRAs computed in the forward
+        with torch.no_grad():
+            pipe.set_adapters(names, wa)
+            unet(**step_inputs)
+            result.diffusers["online_step"] = _median_ms([_timed(lambda: unet(**step_inputs)) for _ in range(max(7, repeats))])
+        result.diffusers["online_switch"] = _median_ms([_timed(lambda w=w: pipe.set_adapters(names, w)) for w in (wb, wa, wb)])
 
     apply, switch, incr, clear = [], [], [], []
     for _ in range(repeats):
@@ -304,7 +311,8 @@ def run_family(
             if step:
                 bench_step(family, loras_sd, dtype, unet, device, repeats, result)
             if with_diffusers:
-                bench_diffusers(family, loras_sd, dtype, max(1, repeats // 2), result, unet)
+                inputs = diffusers_step_inputs(family, dtype, device) if step else None
+                bench_diffusers(family, loras_sd, dtype, max(1, repeats // 2), result, unet, inputs)
         except Exception as exc:  # the peer's failure must not lose our own figures
             result.notes.append(f"diffusers part failed: {type(exc).__name__}: {exc}"[:400])
         unet = None
@@ -312,3 +320,31 @@ def run_family(
         if device != "cpu":
             torch.cuda.empty_cache()
     return result
+
+
+def bench_lycoris(family: Family, repeats: int, algos: tuple[str, ...] = ("locon", "lokr", "loha"), device: str = "cpu") -> dict:
+    """Apply from clean, strength change and clear of one lycoris-lora file (``models.lycoris_file``) on every
+    Linear/Conv2d weight of the UNet, fp32: ms per touched GiB against a plain copy of the same bytes."""
+    from .models import lycoris_file
+
+    files = {algo: parse_state_dict(lycoris_file(family, algo), family=family, name=algo) for algo in algos}
+    touched = {t.module for lora in files.values() for t in lora.modules}
+    model = build_skeleton(family, dtype=torch.float32, device=device, select=lambda n: n in touched)
+    modules = resolve_modules(model)
+    params = [modules[m].weight for m in sorted(touched)]
+    gib = sum(p.numel() * p.element_size() for p in params) / 2**30
+    out: dict = {"weights": len(params), "touched_gib": gib, "copy_floor": copy_floor(params, repeats)}
+    engine = PatchEngine(modules)
+    for algo, lora in files.items():
+        a, b = [StackLayer(lora, unet=0.7)], [StackLayer(lora, unet=0.4)]
+        engine.apply(a)  # warm-up: factors, programs
+        engine.clear()
+        apply, switch, clear = [], [], []
+        for _ in range(repeats):
+            apply.append(_timed(lambda a=a: engine.apply(a)))
+            switch.append(_timed(lambda b=b: engine.apply(b)))
+            clear.append(_timed(engine.clear))
+        out[algo] = {"apply": _median_ms(apply), "switch": _median_ms(switch), "clear": _median_ms(clear)}
+    engine.forget_loras()
+    gc.collect()
+    return out

@@ -55,14 +55,16 @@ def own_catalog(cmd_opts, models_path: str) -> LoraCatalog:
 
 class Hashes:
     """The WebUI's short hash of a LoRA (``sshs_model_hash`` from its metadata, else the "addnet" hash of its
-    tensors), computed once per file and kept in a JSON file in the data directory."""
+    tensors, or on Forge (``kind`` "sha256") the whole file's sha256), computed once per file and kept in a JSON
+    file in the data directory."""
 
-    def __init__(self, cache_file: str | None) -> None:
+    def __init__(self, cache_file: str | None, kind: str = "addnet") -> None:
         self.cache = HashCache(cache_file)
+        self.kind = kind
 
     def short(self, entry: CatalogEntry) -> str | None:
         meta = entry.metadata.get("sshs_model_hash")
-        return (meta or self.cache.get(entry.path).addnet)[:12]
+        return (meta or getattr(self.cache.get(entry.path), self.kind))[:12]
 
     def local_name(self, short: str, catalog: LoraCatalog, preferred: str) -> str | None:
         """The name to write in a tag for the local file with this short hash, looked up only inside the index: the
@@ -74,7 +76,7 @@ class Hashes:
             on_disk = net.available_network_hash_lookup.get(short)
             if on_disk is not None:
                 return on_disk.get_alias()
-        known = set(self.cache.known_short(short))
+        known = set(self.cache.known_short(short, self.kind))
         if not known:
             return None
         for entry in {str(e.path): e for e in catalog.aliases.values()}.values():

@@ -7,13 +7,12 @@ import os
 import torch
 from modules import shared
 
-from lib_lorastack.engine import resolve_modules
 from lib_lorastack.formats.targets import Family
 from lib_lorastack.host import ModelHandle, StackOptions, StackSession, read_options
 from lib_lorastack.stack import LoraCatalog
 from lib_lorastack.syntax.lbw import read_presets
 
-from . import builtin
+from . import builtin, hosts
 from .catalog import BuiltinCatalog, Hashes, own_catalog
 
 PREFIX = "[LoRA Stack]"
@@ -24,20 +23,17 @@ def log(text: str) -> None:
 
 
 def family_of(sd_model) -> Family | None:
-    if getattr(sd_model, "is_sdxl", False):
-        return Family.SDXL
-    if getattr(sd_model, "is_sd2", False):
-        return Family.SD2
-    if getattr(sd_model, "is_sd1", False):
-        return Family.SD1
-    return None
+    adapter = hosts.adapter()
+    return None if adapter is None or sd_model is None else adapter.family_of(sd_model)
 
 
 class WebUIHost:
     def __init__(self) -> None:
         from modules import paths
 
-        self.hashes = Hashes(os.path.join(paths.data_path, "cache", "lorastack-hashes.json"))
+        self.adapter = hosts.adapter()
+        kind = self.adapter.hash_kind if self.adapter is not None else "addnet"
+        self.hashes = Hashes(os.path.join(paths.data_path, "cache", "lorastack-hashes.json"), kind)
         self._own: LoraCatalog | None = None
         self._reported: set[str] = set()
         self._lbw: tuple[float, dict] | None = None
@@ -97,10 +93,10 @@ class WebUIHost:
             key = self.new_key(sd_model)
         modules = getattr(sd_model, "_lorastack_modules", None)
         if modules is None or modules[0] is not key:
-            modules = (key, resolve_modules(sd_model))
+            modules = (key, *self.adapter.modules(sd_model, family))
             sd_model._lorastack_modules = modules
         info = getattr(sd_model, "sd_checkpoint_info", None)
-        return ModelHandle(key, family, modules[1], getattr(info, "title", "") or "")
+        return ModelHandle(key, family, modules[1], getattr(info, "title", "") or "", translate=modules[2])
 
     @staticmethod
     def new_key(sd_model) -> object:
@@ -124,7 +120,7 @@ class WebUIHost:
         mark = (getattr(sd_model, "_lorastack_key", None), self.builtin_epoch)
         if getattr(sd_model, "_lorastack_builtin_clean", None) == mark:
             return
-        restored = builtin.restore_its_patches(sd_model)
+        restored = self.adapter.restore_builtin(sd_model)
         if restored:
             log(f"restored {restored} layers the built-in Lora extension had patched")
         sd_model._lorastack_builtin_clean = mark

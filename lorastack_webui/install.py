@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import torch
-from modules import extra_networks, patches, script_callbacks, sd_models, shared
+from modules import extra_networks, script_callbacks, shared
 
 from lib_lorastack.host import SECTION, SPECS, STACK_FIELD
-from lib_lorastack.host.infotext import LORA_HASHES, parse_lora_hashes, parse_stack_value, repair_pasted_prompt
+from lib_lorastack.host.infotext import (
+    LORA_HASHES,
+    legacy_schedules,
+    parse_lora_hashes,
+    parse_stack_value,
+    repair_pasted_prompt,
+    shift_schedules,
+    stack_value,
+)
 
 from .host import host, log
 from .tags import LoraStackTags
 
-_PATCH_KEY = __name__
 _installed = False
 
 
@@ -30,9 +37,9 @@ def install() -> None:
     script_callbacks.on_infotext_pasted(infotext_pasted)
     script_callbacks.on_script_unloaded(uninstall)
     script_callbacks.on_after_component(remember_prompts)
+    script_callbacks.on_after_component(_job_end_hook)  # the panel's "Last job" line follows each job's end
     script_callbacks.on_before_ui(xyz_axes)
-    patches.patch(_PATCH_KEY, sd_models, "load_model_weights", _load_model_weights)
-    patches.patch(_PATCH_KEY, sd_models, "send_model_to_trash", _send_model_to_trash)
+    host().adapter.install(host())  # the host's model lifecycle (A1111: weight reloads, trash; Forge: reloads)
 
 
 def uninstall() -> None:
@@ -43,9 +50,7 @@ def uninstall() -> None:
     _installed = False
     with torch.no_grad():
         host().session.clear()
-    for field in ("load_model_weights", "send_model_to_trash"):
-        if patches.original(_PATCH_KEY, sd_models, field) is not None:
-            patches.undo(_PATCH_KEY, sd_models, field)
+    host().adapter.uninstall()
 
 
 # --------------------------------------------------------------------- tags
@@ -88,6 +93,12 @@ def takeover_changed() -> None:
             reports = h.session.clear()
         restored = sum(r.layers_restored for r in reports)
         log(f"takeover off: {restored} weights restored; the built-in Lora extension handles <lora:…> tags")
+
+
+def _job_end_hook(component, **kwargs) -> None:
+    from .services import job_end_hook
+
+    job_end_hook(component, **kwargs)
 
 
 def remember_prompts(component, **kwargs) -> None:
@@ -139,19 +150,15 @@ def add_settings() -> None:
 
 
 # --------------------------------------------------------------------- models
-def _load_model_weights(model, *args, **kwargs):
-    host().release(model, restore=True)  # the new weights replace ours: our copies would be of the old checkpoint
-    return patches.original(_PATCH_KEY, sd_models, "load_model_weights")(model, *args, **kwargs)
-
-
-def _send_model_to_trash(m, *args, **kwargs):
-    if m is not None:
-        host().release(m, restore=False)  # the weights are being discarded
-    return patches.original(_PATCH_KEY, sd_models, "send_model_to_trash")(m, *args, **kwargs)
-
-
 def model_loaded(sd_model) -> None:
-    host().new_key(sd_model)
+    h = host()
+    key = h.new_key(sd_model)
+    if h.adapter.drops_replaced_models():
+        # Forge unloaded the previous model before loading this one: its weights are gone with our patches in them
+        with torch.no_grad():
+            for other in h.session.model_keys():
+                if other is not key:
+                    h.session.release(other, restore=False)
 
 
 def step_started(params) -> None:
@@ -159,7 +166,19 @@ def step_started(params) -> None:
     key = getattr(sd_model, "_lorastack_key", None)
     if key is not None:
         with torch.no_grad():
-            host().session.set_step(key, int(params.sampling_step))
+            host().session.set_step(key, sampling_step(params))
+
+
+def sampling_step(params) -> int:
+    """The 0-based step whose model evaluation is about to run. ``params.sampling_step`` is the WebUI's progress
+    counter, set after each step (it reads 0, 0, 1, 2, … at the evaluations); the denoiser's own counter is the one
+    prompt editing uses, in evaluations (``step_multiplier`` of them per step for two-evaluation samplers)."""
+    denoiser = getattr(params, "denoiser", None)
+    evaluations = getattr(denoiser, "step", None)
+    if isinstance(evaluations, int):
+        per_step = getattr(getattr(denoiser, "p", None), "step_multiplier", 1)
+        return evaluations // (per_step if isinstance(per_step, int) and per_step > 0 else 1)
+    return int(params.sampling_step)
 
 
 # --------------------------------------------------------------------- paste
@@ -176,7 +195,13 @@ def infotext_pasted(infotext: str, params: dict) -> None:
         hashes.update(table)
         problems += found
     if STACK_FIELD in params:
+        if legacy_schedules(params[STACK_FIELD]):  # written when start/stop counted from 0: same steps, new count
+            for key in ("Prompt", "Hires prompt"):
+                if isinstance(params.get(key), str):
+                    params[key] = shift_schedules(params[key])
         records, found = parse_stack_value(params[STACK_FIELD])
+        if records:
+            params[STACK_FIELD] = stack_value(records)
         problems += found
         for r in records:
             if r.short_hash:

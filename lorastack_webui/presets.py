@@ -30,10 +30,24 @@ def resolver() -> LoraResolver:
 
 
 def family_name() -> str | None:
-    from modules import shared
+    from .services import loaded_model
 
-    family = family_of(shared.sd_model) if shared.sd_model is not None else None
+    model = loaded_model()
+    family = family_of(model) if model is not None else None
     return None if family is None else family.value
+
+
+def expand_for_panel(text: str) -> tuple[str, list[str]]:
+    """The prompt with its ``<lorastack:NAME>`` tags expanded as the job expands them (the summary and the doctor
+    see the stack the job applies), and the expansion's messages."""
+    if not has_preset_tags(text):
+        return text, []
+    try:
+        doc = store().load()
+    except PresetError as e:
+        return _strip(text), [f"presets: {e}"]
+    expanded = expand_prompt(text, presets=doc, resolver=resolver(), family=family_name())
+    return expanded.prompt, [d.message for d in expanded.diagnostics]
 
 
 def expand_job_prompts(p) -> list[str]:

@@ -13,8 +13,19 @@ from .host import family_of, host
 from .panel import DoctorActions, PanelServices
 
 
+def loaded_model():
+    """The loaded model, or None while there is none. Never loads it: the WebUI's ``shared.sd_model`` loads (and
+    waits for) the model on first access, which held the "create ui" step until the model was there."""
+    from modules import sd_models
+
+    data = getattr(sd_models, "model_data", None)
+    if data is not None and hasattr(data, "sd_model"):
+        return data.sd_model
+    return shared.sd_model
+
+
 def current_family() -> Family | None:
-    model = shared.sd_model if shared.sd_model is not None else None
+    model = loaded_model()
     return None if model is None else family_of(model)
 
 
@@ -58,15 +69,27 @@ def wrong_family(names: list[str]) -> list[str]:
 def services() -> PanelServices:
     from modules.ui_components import InputAccordion
 
-    from .presets import actions
+    from .presets import actions, expand_for_panel
 
     h = host()
     doctor = DoctorActions(run=_doctor, bake=_bake)
     return PanelServices(
         lora_names=lora_names, lora_defaults=defaults, family=current_family, block_presets=h.lbw_presets,
         wrong_family=wrong_family, last_job=lambda: h.last_job, accordion=InputAccordion, max_rows=h.options().rows,
-        presets=actions(), doctor=doctor,
+        presets=actions(), doctor=doctor, expand=expand_for_panel,
     )  # fmt: skip
+
+
+def job_end_hook(component, **kwargs) -> None:
+    """The generation info box of a tab (created after the scripts' UI) is filled when a job ends: the panel's
+    "Last job" line follows it (an ``on_after_component`` callback)."""
+    from .panel import built_panel, wire_job_end
+
+    elem_id = kwargs.get("elem_id") or ""
+    if elem_id in ("html_info_txt2img", "html_info_img2img"):
+        panel = built_panel(elem_id.rsplit("_", 1)[1])
+        if panel is not None:
+            wire_job_end(panel, component)
 
 
 def _doctor(state, prompt: str, with_base: bool, progress) -> tuple[str, str]:

@@ -33,18 +33,24 @@ class LoraStackTags(extra_networks.ExtraNetwork):
         handle = h.model_handle(sd_model)
         hires = bool(getattr(p, "is_hr_pass", False))
         job = _job(p, hires)
-        if handle is None:
-            if tags:
-                job["messages"].append(f"this model is not SD1.x, SD2.x or SDXL: {len(tags)} LoRA tag(s) ignored")
-            _write(p, job, options)
-            return
+        reason = _builtin_reason(h, sd_model, handle)
+        if reason is not None:
+            return self._hand_to_builtin(p, tags, job, options, reason)
         h.builtin_off(sd_model)
         seeds = getattr(p, "all_seeds", None) or [0]
         multiplier, mode = (panel.multiplier, panel.mode) if panel is not None else (1.0, None)
+        mode, mode_note = _mode(h, sd_model, options.mode, mode)
         activation = h.session.activate(handle, tags, seed=int(seeds[0]), multiplier=multiplier, mode=mode)
+        if activation.changed:
+            _forget_conditionings(p)  # the text encoder may have changed under an unchanged prompt (a file rewritten)
+        if mode_note and activation.uses:
+            p.extra_generation_params[MODE_FIELD] = mode_note
+            print(f"[LoRA Stack] {mode_note}", flush=True)
+        outside = []  # the panel's and the presets' messages: the console gets them as well (once per job)
         for m in [*(panel.messages if panel is not None else []), *getattr(p, "_lorastack_preset_messages", [])]:
             if m not in job["messages"]:
                 job["messages"].append(m)
+                outside.append(m)
         job["pairs"] += [(u.mentioned, u.short_hash or "") for u in activation.uses]
         job["stack" if not hires else "hires"] = activation.stack_field()
         for m in activation.messages:
@@ -53,15 +59,69 @@ class LoraStackTags(extra_networks.ExtraNetwork):
         line = activation.console_line()
         if line:
             print(line, flush=True)
-        h.last_job = _last_job(activation)
+        for m in outside:
+            if m not in activation.messages:
+                print(f"[LoRA Stack]   {m}", flush=True)
+        h.last_job = _last_job(activation) + (f"; {mode_note}" if mode_note and activation.uses else "")  # the mode and why
         if options.popup and activation.messages:
             _popup(activation.messages)
         _write(p, job, options)
 
     def deactivate(self, p):
-        if not host().options().takeover and self.builtin is not None:
+        if self.builtin is not None and (not host().options().takeover or getattr(p, "_lorastack_to_builtin", False)):
             return self.builtin.deactivate(p)
         return None
+
+    def _hand_to_builtin(self, p, tags: list[list[str]], job: dict, options, reason: str):
+        """A model the engine does not handle: the tags go to the built-in (which also unloads its LoRAs when there
+        are none), so nothing is lost; the job info says so."""
+        h = host()
+        h.builtin_epoch += 1  # the built-in may patch now: check again before we patch a model
+        p._lorastack_to_builtin = True
+        if tags:
+            job["messages"].append(f"{reason}: {len(tags)} LoRA tag(s) handed to the built-in Lora extension")
+            if self.builtin is None:
+                job["messages"][-1] = f"{reason}, and the built-in Lora extension is off: {len(tags)} LoRA tag(s) not applied"
+        if tags or not job["pairs"]:  # A1111 also calls every handler without tags: that call must not hide the job's
+            h.last_job = f"built-in Lora extension ({reason})" if tags else "no LoRA"
+        _write(p, job, options)
+        if self.builtin is not None:
+            return self.builtin.activate(p, [extra_networks.ExtraNetworkParams(items=t) for t in tags])
+        return None
+
+
+MODE_FIELD = "LoRA stack mode"
+
+
+def _forget_conditionings(p) -> None:
+    """Drop the conditionings the host caches by prompt (on the job and on its class: Forge/Neo ``clear_prompt_cache``),
+    so that none computed with other text-encoder weights is reused."""
+    clear = getattr(p, "clear_prompt_cache", None)
+    if callable(clear):
+        clear()
+        return
+    for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        for owner in (p, type(p)):
+            if isinstance(getattr(owner, name, None), list):
+                setattr(owner, name, [None, None])
+
+
+def _builtin_reason(h, sd_model, handle) -> str | None:
+    """Why this model's tags go to the built-in (None: they are ours)."""
+    if handle is None:
+        name = h.adapter.model_name(sd_model) if h.adapter is not None else type(sd_model).__name__
+        return f"this model ({name}) is not SD1.x, SD2.x or SDXL"
+    return h.adapter.builtin_reason(sd_model)
+
+
+def _mode(h, sd_model, setting: str, override: str | None) -> tuple[str | None, str | None]:
+    """The engine mode for this job and, when the host's storage chose it, why (for the infotext and console)."""
+    if override is not None:
+        return override, None
+    chosen = h.adapter.mode_for(sd_model, setting)
+    if chosen == setting:
+        return None, None
+    return chosen, h.adapter.storage_note(sd_model)
 
 
 def _last_job(activation) -> str:

@@ -84,6 +84,11 @@ def _check(lyco, layer: nn.Module) -> float:
     assert change > 1e-4, "the oracle's change is trivial: the test would prove nothing"
     err = float((ours - merged).abs().max() / merged.abs().max())
     assert err <= TOL, f"{type(adapter).__name__}: max relative error {err:.2e}"
+    # the engine's in-place form (strength folded into a factor, one pass over the weight)
+    written = base.clone()
+    adapter.add_to(written, torch.tensor([0.6]))
+    err_in_place = float((written - (base + 0.6 * (merged - base))).abs().max() / merged.abs().max())
+    assert err_in_place <= TOL, f"{type(adapter).__name__}.add_to: max relative error {err_in_place:.2e}"
     return err
 
 

@@ -83,4 +83,4 @@ def test_forge_host_benchmark_loras_and_its_cost_math() -> None:
     s = fh.summarize({"host": "forge", "jobs": jobs})
     assert s["ours"]["strength"]["wall_s"] == pytest.approx(0.6) and s["builtin"]["strength"]["wall_s"] == pytest.approx(1.25)
     assert s["ours"]["strength"]["ours_ms"] == 500.0 and s["ours"]["plain"]["wall_s"] == 2.5
-    assert "| strength | +0.60 s | +1.25 s | 2.1× |" in fh.timing_table({"host": "forge", "jobs": jobs})
+    assert "| strength | +0.60 s | +1.25 s | 2.1× | +0.30 s | +0.62 s | 2.1× | 500 ms |" in fh.timing_table({"host": "forge", "jobs": jobs})

@@ -11,9 +11,11 @@ from lib_lorastack.host.panel import (
     Row,
     add_row,
     edit_row,
+    move_in_stack,
     move_row,
     panel_tags,
     parse_state,
+    prompt_problems,
     remove_row,
     set_in_prompt,
     summary,
@@ -67,10 +69,11 @@ def test_prompt_tags_become_rows_and_follow_the_prompt() -> None:
     state = PanelState((Row("panel_only", 0.4),))
     prompt = "a cat <lora:a:0.8> (red:1.2) <lyco:b:1:0.5:lbw=OUTALL>"
     state = sync_with_prompt(state, prompt)
-    assert [(r.lora, r.in_prompt) for r in state.rows] == [("panel_only", False), ("a", True), ("b", True)]
-    assert state.rows[2].lbw == "OUTALL" and state.rows[2].linked is False
+    # stack order: the prompt's tags first, then the panel's own rows (as the summary, infotext and presets list them)
+    assert [(r.lora, r.in_prompt) for r in state.rows] == [("a", True), ("b", True), ("panel_only", False)]
+    assert state.rows[1].lbw == "OUTALL" and state.rows[1].linked is False
     state = sync_with_prompt(state, "a cat <lora:a:0.3>")  # b's tag deleted, a's changed
-    assert [(r.lora, r.te) for r in state.rows] == [("panel_only", 0.4), ("a", 0.3)]
+    assert [(r.lora, r.te) for r in state.rows] == [("a", 0.3), ("panel_only", 0.4)]
 
 
 def test_editing_a_prompt_row_rewrites_only_its_tag() -> None:
@@ -123,3 +126,43 @@ def test_move_row() -> None:
     assert [r.lora for r in move_row(state, 0, 1).rows] == ["b", "a", "c"]
     assert move_row(state, 0, -1) == state
     assert json.loads(state.to_json())["rows"][2]["lora"] == "c"
+
+
+def test_a_switched_off_prompt_row_stays_among_the_prompt_rows() -> None:
+    prompt = "x <lora:a:1> <lora:b:1>"
+    state = sync_with_prompt(PanelState((Row("p", 0.5),)), prompt)
+    state, prompt = edit_row(state, prompt, 0, enabled=False)
+    state = sync_with_prompt(state, prompt + " more words")
+    assert [(r.lora, r.enabled, r.in_prompt) for r in state.rows] == [("b", True, True), ("a", False, True), ("p", True, False)]
+
+
+def test_moving_rows_follows_the_stack() -> None:
+    prompt = "x, <lora:a:1>, y <lora:b:0.5>"
+    state = sync_with_prompt(PanelState((Row("p"), Row("q"))), prompt)
+    state, prompt, note = move_in_stack(state, prompt, 0, 1)  # prompt rows: their tags swap places in the prompt
+    assert prompt == "x, <lora:b:0.5>, y <lora:a:1>" and [r.lora for r in state.rows] == ["b", "a", "p", "q"] and note is None
+    state, prompt, note = move_in_stack(state, prompt, 2, 1)
+    assert [r.lora for r in state.rows] == ["b", "a", "q", "p"] and note is None
+    same, _, note = move_in_stack(state, prompt, 1, 1)  # a prompt row cannot go below a panel row
+    assert same == state and "prompt's tags come first" in note
+
+
+def test_every_tag_problem_the_job_reports_is_in_the_summary() -> None:
+    prompt = "a <lora:x:0.8x> <lora:y:1:lbw=ZZ>"
+    problems = prompt_problems(prompt)
+    assert problems[0] == "<lora:x:0.8x>: TE strength '0.8x' is not a number; this tag is ignored"
+    assert any(p.startswith("<lora:y:1:lbw=ZZ>: ") and "ZZ" in p for p in problems)
+    assert summary(PanelState(), "a <lora:x:0.8x>")[1:] == problems[:1]
+
+
+def test_preset_tags_expand_in_the_summary() -> None:
+    lines = summary(PanelState((Row("c", 0.3, 0.3),)), "photo, <lorastack:brand>", expanded="photo, <lora:a:0.8> <lora:b:0.6>", known=["a", "b", "c"])
+    assert lines[0] == "3 LoRAs: a 0.8 (preset), b 0.6 (preset), c 0.3 (panel)"
+    assert summary(PanelState(), "photo, <lorastack:brand>")[0] == "No LoRA in the stack."
+
+
+def test_loading_a_preset_takes_its_tag_out_of_the_prompt() -> None:
+    from lib_lorastack.host.preset_rows import remove_preset_tags
+
+    assert remove_preset_tags("photo, <lorastack:brand>, red", "brand") == ("photo, red", 1)
+    assert remove_preset_tags("photo <lorastack:brand:0.5> <lorastack:other>", "brand") == ("photo <lorastack:other>", 1)

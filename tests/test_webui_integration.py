@@ -363,3 +363,31 @@ def test_broken_preset_file_is_named_and_nothing_is_overwritten(webui: WebUI) ->
     errors = p.extra_generation_params["LoRA stack errors"]
     assert "presets:" in errors and str(Path(path).name) in errors
     assert "<lorastack" not in p.prompt and Path(path).read_text() == "{ this is not json"
+
+
+def test_an_infotext_from_before_the_count_from_1_pastes_to_the_same_steps(webui: WebUI) -> None:
+    """Schedules once counted from 0: such an image's prompt and panel rows move up by one step on paste; a new
+    infotext pastes unchanged."""
+    from lorastack_webui.panel import rows_from_infotext
+
+    short = compute_hashes(webui.loras / "char.safetensors").short
+    old = f'a cat <lora:char:1:start=3>\nSteps: 8, Seed: 1, LoRA stack: "char@{short}:1:start=3; detail@-:0.5:stop=6"'
+    params = webui.paste(old)
+    assert params["Prompt"] == "a cat <lora:char:1:start=4>"
+    rows = json.loads(rows_from_infotext(params, "LoRA stack"))["rows"]
+    assert [(r["lora"], r["start"], r["stop"]) for r in rows] == [("detail", None, 7)]
+
+    _, p = webui.txt2img("a cat <lora:char:1:start=3>")
+    new = webui.processing.create_infotext(p, "a cat <lora:char:1:start=3>")
+    assert "@steps=1" in new
+    assert webui.paste(new)["Prompt"] == "a cat <lora:char:1:start=3>"
+
+
+def test_a_model_family_the_engine_does_not_handle_goes_to_the_builtin(webui: WebUI) -> None:
+    webui.model.is_sd1, webui.model.is_sd3 = False, True  # e.g. SD3, which v1.10's built-in applies
+    base, _ = webui.txt2img("a cat")
+    with_lora, p = webui.txt2img("a cat <lora:char:1>")
+    assert "this model (SD3) is not SD1.x, SD2.x or SDXL: 1 LoRA tag(s) handed to the built-in" in p.extra_generation_params["LoRA stack errors"]
+    assert "LoRA stack" not in p.extra_generation_params and "Lora hashes" in p.extra_generation_params  # the built-in's
+    assert not same(base.images[0], with_lora.images[0])
+    assert webui.host().session.patched(webui.model._lorastack_key) == {}

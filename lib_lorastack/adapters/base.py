@@ -11,6 +11,7 @@ each at strength m as ``W ← W + m · (W'(W) − W)`` (the WebUI's linear blend
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ class Adapter(ABC):
 
     algo: ClassVar[str]  # short name shown to users: "lora", "locon", "loha", "lokr", "full", "norm", ...
     additive: ClassVar[bool] = True
+    # ``add_to`` runs only tensor operations on the weight's device once ``on_device`` copied the tensors there
+    # (no host round trip, no transfer): the engine may capture it in a CUDA graph and replay it with new strengths
+    graph_safe: ClassVar[bool] = False
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.tensors = dict(tensors)
@@ -73,6 +77,27 @@ class Adapter(ABC):
         Computed in ``dtype`` (fp32 by default) on ``device`` (default: the weight's device).
         Additive adapters use ``weight`` only for its shape; multiplicative ones return ``W' − W``.
         """
+
+    def add_to(self, weight: torch.Tensor, strength: torch.Tensor) -> torch.Tensor | None:
+        """Add ``strength · change`` into ``weight`` in place (its dtype and device: the engine's fp32 value) and
+        return the bias change at that strength, or None. ``strength`` is a one-element tensor on the weight's device
+        (so a CUDA graph of this call replays with new strengths). Additive adapters add ``strength · ΔW``;
+        multiplicative ones ``strength · (W'(weight) − weight)``. Subclasses fold the strength into a small factor
+        and write the weight in one pass where their math allows."""
+        update = self.update(weight, dtype=weight.dtype, device=weight.device)
+        weight.addcmul_(update.weight.reshape(weight.shape), strength)
+        return None if update.bias is None else update.bias * strength
+
+    def on_device(self, device: torch.device | str) -> Adapter:
+        """A copy whose factor tensors live on ``device`` (scalars such as ``alpha`` stay on the CPU, so reading
+        them needs no device round trip)."""
+        moved = copy.copy(self)
+        moved.tensors = {k: v.to(device) if v.numel() > 1 else v for k, v in self.tensors.items()}
+        return moved
+
+    def device_nbytes(self) -> int:
+        """Bytes ``on_device`` puts on a device."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values() if t.numel() > 1)
 
     def low_rank_factors(
         self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None

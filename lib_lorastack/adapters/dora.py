@@ -7,6 +7,7 @@ only knows the column form); PEFT's ``lora_magnitude_vector`` ``[out]`` is per r
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
@@ -61,6 +62,19 @@ class DoRA(Adapter):
             norm = norm.reshape(1, -1, *([1] * (w1.dim() - 2)))
         mag = self.magnitude.to(device=device, dtype=dtype).reshape(norm.shape)
         return WeightUpdate(w1 * (mag / norm) - base, inner.bias)
+
+    @property
+    def graph_safe(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "graph_safe", False))
+
+    def on_device(self, device):
+        moved = copy.copy(self)  # the update reads only ``inner`` and ``magnitude``
+        moved.inner = self.inner.on_device(device)
+        moved.magnitude = self.magnitude.to(device)
+        return moved
+
+    def device_nbytes(self) -> int:
+        return self.inner.device_nbytes() + self.magnitude.numel() * self.magnitude.element_size()
 
     def validate(self, weight_shape) -> str | None:
         fault = self.inner.validate(weight_shape)

@@ -13,6 +13,7 @@ from .base import RankScaled, WeightUpdate
 class LoRA(RankScaled):
     algo: ClassVar[str] = "lora"
     additive: ClassVar[bool] = True
+    graph_safe: ClassVar[bool] = True
     _required = frozenset({"lora_up.weight", "lora_down.weight"})
     _optional = frozenset({"lora_mid.weight", "alpha", "scale", "bias"})
 
@@ -76,6 +77,21 @@ class LoRA(RankScaled):
         delta = delta.reshape(weight.shape) * self.scale
         bias = self.tensors.get("bias")
         return WeightUpdate(delta, None if bias is None else bias.to(device=device, dtype=dtype) * self.scale)
+
+    def add_to(self, weight: torch.Tensor, strength: torch.Tensor) -> torch.Tensor | None:
+        """The strength and scale folded into ``up``: one product (Tucker: one rebuild) added into the weight."""
+        up, down = self._factors(weight.dtype, weight.device)
+        factor = strength * self.scale
+        up = up * factor
+        if self.mid is not None:
+            mid = self.mid.to(device=weight.device, dtype=weight.dtype)
+            weight.add_(rebuild_tucker(mid, up.t(), flat2d(down)).reshape(weight.shape))
+        elif weight.is_contiguous():
+            weight.view(weight.shape[0], -1).addmm_(up, flat2d(down))
+        else:
+            weight.add_((up @ flat2d(down)).reshape(weight.shape))
+        bias = self.tensors.get("bias")
+        return None if bias is None else bias.to(device=weight.device, dtype=weight.dtype) * factor
 
     def validate(self, weight_shape) -> str | None:
         up, down = self.up, self.down

@@ -1,5 +1,6 @@
 """The doctor's picture: heatmaps (LoRAs × blocks) of each LoRA's change, the stack's, how the changes combine,
-and the pairwise alignment and overlap; labelled with the built-in bitmap font and encoded as PNG."""
+and the pairwise alignment and overlap; labelled with a real font through Pillow when it is there (else the built-in
+bitmap font) and encoded as PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .font import HEIGHT, draw_text, text_width
+from .font import BitmapFont, TrueTypeFont, best_font
 from .metrics import StackMetrics
 from .png import encode_png
 
@@ -55,11 +56,20 @@ def _color(panel: Panel, v: float, vmax: float) -> tuple[int, int, int]:
     return _ramp(_SEQ, v / vmax)
 
 
-def render(panels: Sequence[Panel], columns: Sequence[str], title: str, legend: Sequence[str] = ()) -> torch.Tensor:
-    """The picture as uint8 ``[H, W, 3]``."""
+def render(
+    panels: Sequence[Panel], columns: Sequence[str], title: str, legend: Sequence[str] = (), font: BitmapFont | TrueTypeFont | None = None
+) -> torch.Tensor:
+    """The picture as uint8 ``[H, W, 3]`` (``font``: default the best there is, see ``font.best_font``)."""
+    font = font or best_font()
+    HEIGHT, text_width = font.height, font.width
+
+    def draw_text(image, x, y, text, color, scale=1):
+        font.draw(image, x, y, text, color, scale)
+
+    cell_w = max([CELL_W, text_width("-0.00") + 8] + [text_width(c) + 6 for c in columns])
     label_w = max([text_width(r) for p in panels for r in p.rows] + [text_width("#0")]) + PAD
     width = max(
-        PAD + label_w + CELL_W * len(columns) + PAD,
+        PAD + label_w + cell_w * len(columns) + PAD,
         PAD * 2 + text_width(title, 2),
         PAD * 2 + max([text_width(line) for line in legend] + [0]),
         PAD * 2 + max(text_width(p.title) for p in panels),
@@ -76,7 +86,7 @@ def render(panels: Sequence[Panel], columns: Sequence[str], title: str, legend: 
         draw_text(image, PAD, y, p.title, BLACK)
         y += line
         for j, col in enumerate(columns):
-            x = PAD + label_w + j * CELL_W + (CELL_W - text_width(col)) // 2
+            x = PAD + label_w + j * cell_w + (cell_w - text_width(col)) // 2
             draw_text(image, x, y, col, GREY)
         y += line
         finite = [abs(v - p.center) if p.kind == "div" else v for row in p.values for v in row if not math.isnan(v)]
@@ -85,15 +95,15 @@ def render(panels: Sequence[Panel], columns: Sequence[str], title: str, legend: 
             top = y + i * CELL_H
             draw_text(image, PAD, top + (CELL_H - HEIGHT) // 2, label, BLACK)
             for j, v in enumerate(row):
-                x0 = PAD + label_w + j * CELL_W
+                x0 = PAD + label_w + j * cell_w
                 if math.isnan(v):
-                    image[top + 1 : top + CELL_H, x0 + 1 : x0 + CELL_W] = torch.tensor(EMPTY, dtype=torch.uint8)
+                    image[top + 1 : top + CELL_H, x0 + 1 : x0 + cell_w] = torch.tensor(EMPTY, dtype=torch.uint8)
                     continue
                 color = _color(p, v, vmax)
-                image[top + 1 : top + CELL_H, x0 + 1 : x0 + CELL_W] = torch.tensor(color, dtype=torch.uint8)
+                image[top + 1 : top + CELL_H, x0 + 1 : x0 + cell_w] = torch.tensor(color, dtype=torch.uint8)
                 text = _cell_text(v, p.digits)
                 ink = BLACK if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else WHITE
-                draw_text(image, x0 + 1 + (CELL_W - 1 - text_width(text)) // 2, top + (CELL_H - HEIGHT) // 2 + 1, text, ink)
+                draw_text(image, x0 + 1 + (cell_w - 1 - text_width(text)) // 2, top + (CELL_H - HEIGHT) // 2 + 1, text, ink)
         y += CELL_H * len(p.rows) + 8
     for k, text in enumerate(legend):
         draw_text(image, PAD, y + k * line, text, BLACK)
@@ -152,13 +162,13 @@ def doctor_panels(m: StackMetrics) -> tuple[list[Panel], list[str]]:
     return panels, columns
 
 
-def heatmap_png(m: StackMetrics, *, legend: Sequence[str] | None = None) -> bytes:
+def heatmap_png(m: StackMetrics, *, legend: Sequence[str] | None = None, font: BitmapFont | TrueTypeFont | None = None) -> bytes:
     """The doctor's heatmap as PNG bytes (for the command line's ``--png`` and for a UI panel). ``legend``: the
     lines under the panels (default: which LoRA each ``#i`` is)."""
     panels, columns = doctor_panels(m)
     title = f"LORASTACK DOCTOR - {m.family.value.upper()} - {len(m.names)} LORAS"
     lines = [f"#{i + 1} = {name}" for i, name in enumerate(m.names)] if legend is None else list(legend)
-    image = render(panels, columns, title, lines)
+    image = render(panels, columns, title, lines, font)
     return encode_png(image, text={"Software": "lib_lorastack doctor", "Title": title})
 
 

@@ -40,6 +40,14 @@ class WriteBatch:
             values += w.program.scale_values(w.plan.strengths, w.path)
             repeats += w.program.ranks
             position += w.program.rank
+        # after every per-rank value: one strength per ``rest`` contribution (adapters computed in full), same order
+        self.rest_offsets: dict[ParamKey, int] = {}
+        for w in self.writes:
+            if w.program.rest:
+                self.rest_offsets[w.key] = position
+                values += w.program.rest_values(w.plan.strengths)
+                repeats += [1] * len(w.program.rest)
+                position += len(w.program.rest)
         self.host_scale = torch.repeat_interleave(torch.tensor(values, dtype=compute_dtype), torch.tensor(repeats, dtype=torch.long))
         self._chunks = self._plan_chunks(split)
 
@@ -73,8 +81,15 @@ class WriteBatch:
                 out[device] = staged.to(device, non_blocking=True)
         return out
 
-    def operands(self, scales: dict[torch.device, torch.Tensor]) -> Iterator[tuple[Write, torch.Tensor | None]]:
-        """Each write with its operand: the split operand (prepared with its chunk) or its scale vector."""
+    def operands(self, scales: dict[torch.device, torch.Tensor]) -> Iterator[tuple[Write, torch.Tensor | None, torch.Tensor | None]]:
+        """Each write with its operand (the split operand, prepared with its chunk, or its scale vector) and the
+        strengths of its ``rest`` contributions (a view of the same device buffer)."""
+        for w, operand in self._operands(scales):
+            start = self.rest_offsets.get(w.key)
+            rest = None if start is None else scales[w.param.device][start : start + len(w.program.rest)]
+            yield w, operand, rest
+
+    def _operands(self, scales: dict[torch.device, torch.Tensor]) -> Iterator[tuple[Write, torch.Tensor | None]]:
         ready: dict[ParamKey, torch.Tensor] = {}
         for w in self.writes:
             if w.program.up_t is None:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..adapters.base import Adapter
 from .plan import Bound
 
 
@@ -23,6 +24,7 @@ class FactorCache:
     def __init__(self, budget_bytes: int = 2 << 30) -> None:
         self.budget = budget_bytes
         self._entries: OrderedDict[tuple, Factors | None] = OrderedDict()
+        self._adapters: OrderedDict[tuple, tuple[Adapter, Adapter]] = OrderedDict()  # (source, device copy)
         self._bytes = 0
         self.misses = 0
 
@@ -48,7 +50,26 @@ class FactorCache:
         self._evict()
         return entry
 
+    def adapter(self, bound: Bound, device: torch.device) -> Adapter:
+        """``bound``'s adapter with its factor tensors on ``device`` (the adapter itself on the CPU), kept under the
+        same budget: the engine's writes then move nothing (and a CUDA graph of them can be captured)."""
+        if device.type == "cpu":
+            return bound.adapter
+        key = (bound.ident, str(device), "adapter")
+        entry = self._adapters.get(key)
+        if entry is not None and entry[0] is bound.adapter:
+            self._adapters.move_to_end(key)
+            return entry[1]
+        moved = bound.adapter.on_device(device)
+        self._adapters[key] = (bound.adapter, moved)
+        self._bytes += moved.device_nbytes()
+        self._evict()
+        return moved
+
     def _evict(self) -> None:
+        while self._bytes > self.budget and len(self._adapters) > 1:
+            _, (_, moved) = self._adapters.popitem(last=False)
+            self._bytes -= moved.device_nbytes()
         while self._bytes > self.budget and len(self._entries) > 1:
             _, entry = self._entries.popitem(last=False)
             if entry is not None:
@@ -59,6 +80,7 @@ class FactorCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._adapters.clear()
         self._bytes = 0
 
 

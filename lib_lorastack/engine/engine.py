@@ -20,7 +20,7 @@ from ..errors import PatchError
 from .backups import BackupStore
 from .batch import Write, WriteBatch, exact_half_products
 from .device_cache import FactorCache
-from .fast import FastSwitch, structure
+from .fast import FastSwitch, OnlineSwitch, structure
 from .fused import WeightProgram, build_program, choose_path, write_fused
 from .graphs import MIN_WEIGHTS, GraphCache
 from .online import OnlineLayer, can_go_online, make_banks, rescale
@@ -97,6 +97,7 @@ class PatchEngine:
         self._applied_store: dict[ParamKey, ParamPlan] = {}
         self._stale = False  # a fast switch changed strengths: the plans are rebuilt from the stack when needed
         self._fast: FastSwitch | None = None
+        self._fast_online_switch: OnlineSwitch | None = None
         self._last_graph: tuple | None = None
         self._online: dict[str, OnlineLayer] = {}
         self._bias_touched: dict[ParamKey, ParamKey] = {}  # weight key → bias key it changed
@@ -116,11 +117,15 @@ class PatchEngine:
         with torch.no_grad():
             report = self._fast_apply(stack, step)
             if report is None:
+                report = self._fast_online(stack, step)
+            if report is None:
                 self._fast = None
+                self._fast_online_switch = None
                 self._last_graph = None
                 plans, skipped = build_plan(stack, step, self._binder, self._choose_mode, self._blocks)
                 report = self._commit(plans, skipped)
                 self._remember_graph(stack, step)
+                self._remember_online(stack, step, plans)
         self._stack, self._step = list(stack), step
         report.seconds = time.perf_counter() - start
         return report
@@ -138,6 +143,7 @@ class PatchEngine:
             for layer in stack:
                 union.setdefault(id(layer.lora), StackLayer(layer.lora))
         self._fast = None
+        self._fast_online_switch = None
         self._last_graph = None
         with torch.no_grad():
             plans, skipped = build_plan(list(union.values()), None, self._binder, self._choose_mode_online, self._blocks)
@@ -152,6 +158,10 @@ class PatchEngine:
         if self._stale:
             self._stale = False
             self._applied_store, _ = build_plan(self._stack, self._step, self._binder, self._choose_mode, self._blocks)
+            for key, plan in self._applied_store.items():  # online layers hold the plan their factors were scaled by
+                layer = self._online.get(key[0])
+                if layer is not None and plan.mode == ONLINE:
+                    layer.plan = plan
         return self._applied_store
 
     def _fast_apply(self, stack: Sequence[StackLayer], step: int | None) -> ApplyReport | None:
@@ -170,17 +180,49 @@ class PatchEngine:
         if not fast.usable(strengths):
             return None
         with exact_half_products():
-            fast.write(strengths, self.compute_dtype)
+            written = fast.write(strengths, self.compute_dtype)
         self._stale = True
         self.graphs.replays += 1
-        n = len(fast.keys)
+        n = len(written)
+        nbytes = fast.nbytes if n == len(fast.keys) else sum(_nbytes(fast.params[i]) for i in written)
         report.layers_written = report.weight_writes = n
-        report.bytes_written = fast.nbytes
+        report.bytes_written = nbytes
         report.graph = "replayed"
         self.stats.weight_writes += n
-        self.stats.bytes_written += fast.nbytes
+        self.stats.bytes_written += nbytes
         self.stats.applies += 1
         return report
+
+    def _fast_online(self, stack: Sequence[StackLayer], step: int | None) -> ApplyReport | None:
+        """Only strengths changed since an apply that left a wholly online, low-rank stack: fold the new strengths
+        into the up factors, without planning."""
+        fast = self._fast_online_switch
+        if fast is None or not stack or self._fail_after_writes is not None or structure(stack, step) != fast.structure:
+            return None
+        strengths = fast.strengths(stack)
+        report = ApplyReport(online_params=len(fast.layers))
+        if torch.equal(strengths, fast.current):
+            return report
+        fast.write(strengths, self.compute_dtype)
+        self._stale = True  # the layers' plans and ``_applied`` are rebuilt from the stack when something needs them
+        report.layers_online = len(fast.layers)
+        self.stats.applies += 1
+        return report
+
+    def _remember_online(self, stack: Sequence[StackLayer], step: int | None, plans: Mapping[ParamKey, ParamPlan]) -> None:
+        """After an apply that left every patched parameter online: get ready for online strength switches.
+        ``plans``: this apply's own plans (an unchanged parameter keeps an older stack's plan object, whose stack
+        positions may differ)."""
+        if not plans or len(plans) != len(self._applied_store) or len(self._online) != len(plans):
+            return
+        for key, plan in plans.items():
+            layer = self._online.get(key[0])
+            if layer is None or plan.mode != ONLINE or _sig(self._applied_store.get(key)) != plan.signature:
+                return
+        for key, plan in plans.items():
+            self._online[key[0]].plan = plan
+            self._applied_store[key] = plan
+        self._fast_online_switch = OnlineSwitch.from_layers(stack, step, list(self._online.values()), self._blocks)
 
     def _fast_clear(self, fast: FastSwitch) -> ApplyReport:
         """Every patched weight is in the fast switch's graph and has its copy on its GPU: one multi-tensor copy."""
@@ -282,6 +324,7 @@ class PatchEngine:
             try:
                 self._transition(changed, plans, report, txn, per_sample)
             except BaseException as exc:
+                self._fail_after_writes = None
                 txn.rollback(self)
                 self.stats.rollbacks += 1
                 if isinstance(exc, PatchError):
@@ -359,14 +402,15 @@ class PatchEngine:
             if self._try_graph(batch, report, txn):
                 return
             source = PristineStream(self.backups, [w.key for w in batch.writes], lambda k: self._param(k).device)
-            for w, operand in batch.operands(batch.device_scales()):
+            for w, operand, rest_scale in batch.operands(batch.device_scales()):
                 try:
                     self._check_fault(w.key)
                     first = w.key not in self.backups
                     if first:
                         self._save(w.key, report)
                     w0 = w.param if first else source.get(w.key)
-                    bias = write_fused(w.param, w0, w.program, w.plan, operand, path=w.path, compute_dtype=self.compute_dtype)
+                    bias = write_fused(w.param, w0, w.program, w.plan, operand, path=w.path, compute_dtype=self.compute_dtype,
+                                       rest_scale=rest_scale)
                     self._count_write(w.param, report)
                     self._applied[w.key] = w.plan
                     txn.done.append(w.key)
@@ -383,19 +427,18 @@ class PatchEngine:
         if not self.graphs.enabled or len(writes) < MIN_WEIGHTS or self._fail_after_writes is not None:
             return False
         device = writes[0].param.device
-        if device.type != "cuda":
+        if device.type not in ("cuda", "cpu"):
             return False
         for w in writes:
             before = txn.old.get(w.key)
             if (
                 w.param.device != device
-                or w.program.up_t is None
-                or w.program.rest
+                or not w.program.graph_safe
                 or before is None
                 or before.mode != FUSED
                 or before.composition != w.plan.composition
                 or w.key not in self.backups
-                or not self.backups.on_device(w.key)
+                or self.backups.get(w.key).device != device
                 or w.key in self._bias_touched
             ):
                 return False
@@ -410,11 +453,14 @@ class PatchEngine:
             self._last_graph = (batch, graph)
         else:
 
-            def body(scale: torch.Tensor) -> None:
-                for w, operand in batch.operands({device: scale}):
-                    write_fused(w.param, backups[w.key], w.program, w.plan, operand, path=w.path, compute_dtype=self.compute_dtype)
+            def body(scale: torch.Tensor, only: set[int] | None = None) -> None:
+                for index, (w, operand, rest_scale) in enumerate(batch.operands({device: scale})):
+                    if only is not None and index not in only:
+                        continue
+                    write_fused(w.param, backups[w.key], w.program, w.plan, operand, path=w.path, compute_dtype=self.compute_dtype,
+                                rest_scale=rest_scale)
 
-            keep = [t for w in writes for t in (w.program.up_t, w.program._down, w.program._down_parts) if t is not None]
+            keep = [t for w in writes for t in w.program.tensors()]
             graph = self.graphs.capture(signature, batch.host_scale, device, body, keep + list(backups.values()))
             report.graph = "captured" if graph is not None else "failed"
             self._last_graph = (batch, graph)
@@ -453,9 +499,31 @@ class PatchEngine:
         w = Write(key, plan, param, program, choose_path(program, plan.strengths, param, self.tensor_cores))
         batch = WriteBatch([w], self.compute_dtype)
         with exact_half_products():
-            _, operand = next(batch.operands(batch.device_scales()))
+            _, operand, rest_scale = next(batch.operands(batch.device_scales()))
             w0 = self.backups.pristine(key, param.device)
-            return write_fused(param, w0, program, plan, operand, path=w.path, compute_dtype=self.compute_dtype)
+            return write_fused(param, w0, program, plan, operand, path=w.path, compute_dtype=self.compute_dtype, rest_scale=rest_scale)
+
+    # ----------------------------------------------------------------- rollback (``Transaction`` calls these)
+    def put_back(self, key: ParamKey, before: ParamPlan | None) -> None:
+        """``key`` back to ``before`` (None: pristine): its online layer removed, its pristine value restored, then
+        its fused value rewritten through ``write_one`` or its online layer rebuilt."""
+        self._drop_online(key[0])
+        if key in self.backups:
+            self._restore(key, None, keep_backup=before is not None and before.mode == FUSED)
+        self._applied.pop(key, None)
+        if before is None:
+            return
+        if before.mode == FUSED:
+            bias = self.write_one(key, before)
+            if bias is not None:
+                self._write_bias(key, bias, None)
+            self._applied[key] = before
+        else:
+            self._rebuild_online(key, before)
+
+    def keep_untouched(self, old: Mapping[ParamKey, ParamPlan]) -> None:
+        for key, plan in old.items():
+            self._applied.setdefault(key, plan)
 
     # ----------------------------------------------------------------- online layers
     def _go_online(

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..adapters.base import Adapter
 from .device_cache import FactorCache, Factors
 from .plan import Contribution, ParamKey, ParamPlan
 
@@ -55,6 +56,7 @@ class WeightProgram:
     ranks: list[int]
     rest: list[int]  # positions of the contributions computed by their adapter (dense, row blocks, biases, multiplicative)
     factors: list[Factors] = field(default_factory=list)
+    rest_adapters: list[Adapter] = field(default_factory=list)  # the ``rest`` contributions' adapters on the device
     up_t: torch.Tensor | None = None  # [R, out] compute dtype, file scales folded in
     half_dtype: torch.dtype | None = None  # fp16/bf16 when every factor is stored in it (exact half products)
     exponent: int = 0  # split paths: the scale vector carries 2**exponent, undone exactly by the product's alpha
@@ -94,9 +96,35 @@ class WeightProgram:
         factor = math.ldexp(1.0, self.exponent) if path != FP32 else 1.0
         return [strengths[i] * factor for i in self.low_rank]
 
+    def rest_values(self, strengths: tuple[float, ...]) -> list[float]:
+        """The strengths of the ``rest`` contributions, one value each (``write_fused`` reads them from a device
+        tensor, so a CUDA graph of the write replays with new ones)."""
+        return [strengths[i] for i in self.rest]
+
+    @property
+    def graph_safe(self) -> bool:
+        """Every part of the write is tensor work on the device (see ``Adapter.graph_safe``)."""
+        return all(getattr(a, "graph_safe", False) for a in self.rest_adapters)
+
     def nbytes(self) -> int:
         tensors = (self.up_t, self._down, self._down_parts, self._down_native)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every device tensor a write reads (a CUDA graph keeps them alive)."""
+        own = [t for t in (self.up_t, self._down, self._down_parts) if t is not None]
+        return own + [t for a in self.rest_adapters for t in _adapter_tensors(a)]
+
+
+def _adapter_tensors(adapter: Adapter) -> list[torch.Tensor]:
+    out = [t for t in adapter.tensors.values() if isinstance(t, torch.Tensor)]
+    inner = getattr(adapter, "inner", None)
+    magnitude = getattr(adapter, "magnitude", None)
+    if isinstance(inner, Adapter):
+        out += _adapter_tensors(inner)
+    if isinstance(magnitude, torch.Tensor):
+        out.append(magnitude)
+    return out
 
 
 def build_program(plan: ParamPlan, param: torch.Tensor, cache: FactorCache, compute_dtype: torch.dtype) -> WeightProgram:
@@ -115,6 +143,8 @@ def build_program(plan: ParamPlan, param: torch.Tensor, cache: FactorCache, comp
     program = WeightProgram(
         plan.key, plan.composition, param.shape, param.device, low_rank, [int(f.up.shape[1]) for f in factors], rest, factors
     )
+    contributions = [*additive, *multiplicative]
+    program.rest_adapters = [cache.adapter(contributions[i].bound, param.device) for i in rest]
     if factors:
         program.up_t = torch.cat([(f.up.to(compute_dtype) * f.scale).t() for f in factors], 0).contiguous()
         dtypes = {f.up.dtype for f in factors} | {f.down.dtype for f in factors}
@@ -200,10 +230,12 @@ def write_fused(
     *,
     path: str,
     compute_dtype: torch.dtype = torch.float32,
+    rest_scale: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Write ``param``'s fused value, computed from its pristine value ``w0``; return the bias change (compute
     dtype) or None. ``operand``: for ``"split"`` the weight's split left operand (``prepare_split``), otherwise its
-    per-rank scale vector (on the device)."""
+    per-rank scale vector (on the device). ``rest_scale``: the strengths of ``program.rest`` (``rest_values``), on
+    the device."""
     shape = param.shape
     if program.up_t is not None:
         assert operand is not None
@@ -222,30 +254,34 @@ def write_fused(
     else:
         w = w0.to(compute_dtype, copy=True)
     contributions = [*plan.canonical()[0], *plan.canonical()[1]]
-    bias = _apply_rest(w, [contributions[i] for i in program.rest], compute_dtype)
+    if rest_scale is None:
+        rest_scale = torch.tensor(program.rest_values(plan.strengths), dtype=compute_dtype, device=w.device)
+    bias = _apply_rest(w, [contributions[i] for i in program.rest], program.rest_adapters, rest_scale, compute_dtype)
     param.copy_(w)
     return bias
 
 
-def _apply_rest(w: torch.Tensor, rest: list[Contribution], compute_dtype: torch.dtype) -> torch.Tensor | None:
-    """Dense and row-block changes, then multiplicative adapters in stack order, on the fp32 value ``w``."""
-    device = w.device
+def _apply_rest(
+    w: torch.Tensor, rest: list[Contribution], adapters: Sequence[Adapter], strengths: torch.Tensor, compute_dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Dense and row-block changes, then multiplicative adapters in stack order, on the fp32 value ``w``; the
+    strengths come from the device tensor ``strengths`` (one value per contribution)."""
     bias: torch.Tensor | None = None
-    for c in rest:
+    for j, (c, adapter) in enumerate(zip(rest, adapters)):
         rows = c.target.rows
         view = w if rows is None else w[rows[0] : rows[1]]
-        update = c.adapter.update(view, dtype=compute_dtype, device=device)
-        view.add_(update.weight.reshape(view.shape), alpha=c.strength)
-        if update.bias is not None:
+        change = adapter.add_to(view, strengths[j : j + 1])
+        if change is not None:
             if bias is None:
-                bias = torch.zeros(w.shape[0], dtype=compute_dtype, device=device)
+                bias = torch.zeros(w.shape[0], dtype=compute_dtype, device=w.device)
             part = bias if rows is None else bias[rows[0] : rows[1]]
-            part.add_(update.bias.reshape(part.shape), alpha=c.strength)
+            part.add_(change.reshape(part.shape))
     return bias
 
 
 def dense_delta(w0: torch.Tensor, contributions: list[Contribution], compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ΔW (and Δbias) of ``contributions`` on ``w0``, computed in the compute dtype (online mode's dense part)."""
     w = w0.to(compute_dtype, copy=True)
-    bias = _apply_rest(w, contributions, compute_dtype)
+    strengths = torch.tensor([c.strength for c in contributions], dtype=compute_dtype, device=w.device)
+    bias = _apply_rest(w, contributions, [c.adapter for c in contributions], strengths, compute_dtype)
     return w - w0.to(compute_dtype), bias

@@ -28,6 +28,21 @@ class FusedGraph:
         self.graph.replay()
 
 
+class EagerReplay:
+    """The CPU's stand-in for a graph: a replay runs the captured body again with the new scale buffer. The
+    strength-only switch (``fast.py``) then works the same way on the CPU, where launches cost nothing, and its
+    bits are those of the same per-weight function."""
+
+    def __init__(self, body: Callable[..., None], scale: torch.Tensor) -> None:
+        self.body = body
+        self.scale = scale
+
+    def replay(self, host_scale: torch.Tensor, only: set[int] | None = None) -> None:
+        """``only``: the positions of the writes to run (the CPU has no reason to rewrite unchanged weights)."""
+        self.scale.copy_(host_scale)
+        self.body(self.scale, only)
+
+
 class GraphCache:
     def __init__(self) -> None:
         self._graphs: OrderedDict[Hashable, FusedGraph] = OrderedDict()
@@ -43,10 +58,20 @@ class GraphCache:
         return graph
 
     def capture(
-        self, signature: Hashable, host_scale: torch.Tensor, device: torch.device, body: Callable[[torch.Tensor], None], keep_alive: list
+        self, signature: Hashable, host_scale: torch.Tensor, device: torch.device, body: Callable[..., None], keep_alive: list
     ) -> FusedGraph | None:
         """Run ``body`` once eagerly on a side stream (this is the apply's own write), then capture it for later
-        replays. Returns None, and turns graphs off for this engine, if capture fails."""
+        replays. Returns None, and turns graphs off for this engine, if capture fails. On the CPU: run it once and
+        keep it as an ``EagerReplay``."""
+        if device.type == "cpu":
+            scale = host_scale.clone()
+            body(scale)
+            eager = EagerReplay(body, scale)
+            self.captures += 1
+            self._graphs[signature] = eager  # type: ignore[assignment]
+            while len(self._graphs) > CAPACITY:
+                self._graphs.popitem(last=False)
+            return eager  # type: ignore[return-value]
         scale = torch.empty(host_scale.shape, dtype=host_scale.dtype, device=device)
         scale.copy_(host_scale, non_blocking=True)
         current = torch.cuda.current_stream(device)

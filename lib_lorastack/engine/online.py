@@ -27,7 +27,18 @@ def can_go_online(module: torch.nn.Module, param: str) -> bool:
         return False
     if isinstance(module, torch.nn.Conv2d) and module.groups != 1:
         return False
-    return isinstance(module, ONLINE_TYPES) and param == "weight"
+    return (isinstance(module, ONLINE_TYPES) or _linear_like(module)) and param == "weight"
+
+
+def _linear_like(module: torch.nn.Module) -> bool:
+    """A host's own Linear that is no ``nn.Linear`` (Forge's ``ForgeOperations.Linear``): recognised by what it
+    holds, a 2-D floating weight matching its declared features; its forward (casts, dequantisation) stays its own."""
+    weight = getattr(module, "weight", None)
+    return (
+        isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.is_floating_point()
+        and not isinstance(module, torch.nn.Embedding)
+        and tuple(weight.shape) == (getattr(module, "out_features", None), getattr(module, "in_features", None))
+    )  # fmt: skip
 
 
 class UpBank:
@@ -53,7 +64,8 @@ class OnlineLayer:
     def __init__(self, module: torch.nn.Module, plan: ParamPlan) -> None:
         self.module = module
         self.plan = plan
-        self.kind = "linear" if isinstance(module, torch.nn.Linear) else "conv" if isinstance(module, torch.nn.Conv2d) else "norm"
+        linear = isinstance(module, torch.nn.Linear) or _linear_like(module)
+        self.kind = "linear" if linear else "conv" if isinstance(module, torch.nn.Conv2d) else "norm"
         self.program: WeightProgram | None = None  # the low-rank part's concatenated factors (shared with fused mode)
         self.low_rank: list[int] = []  # positions (canonical order) of the contributions in the factor pair
         self.ranks: list[int] = []
@@ -196,14 +208,8 @@ def make_banks(layers: list[OnlineLayer]) -> None:
 def rescale(layers: list[OnlineLayer], compute_dtype: torch.dtype) -> None:
     """Fold the current strengths into the up factors of ``layers`` (and of every layer sharing a bank with one):
     one launch per bank, one per layer outside a bank, one transfer of all the scale values."""
-    banks: dict[int, UpBank] = {}
-    alone: list[OnlineLayer] = []  # conv layers, and Linear layers off the GPU
-    for layer in layers:
-        if layer.bank is not None:
-            banks[id(layer.bank)] = layer.bank
-        elif layer.up is not None:
-            alone.append(layer)
-    order = [lay for bank in banks.values() for lay in bank.layers] + alone
+    banks, alone = rescale_groups(layers)
+    order = [lay for bank in banks for lay in bank.layers] + alone
     if not order:
         return
     values: list[float] = []
@@ -212,10 +218,31 @@ def rescale(layers: list[OnlineLayer], compute_dtype: torch.dtype) -> None:
         values += layer.scale_values()
         repeats += layer.ranks
     host = torch.repeat_interleave(torch.tensor(values, dtype=compute_dtype), torch.tensor(repeats, dtype=torch.long))
+    write_scales(banks, alone, host)
+
+
+def rescale_groups(layers: list[OnlineLayer]) -> tuple[list[UpBank], list[OnlineLayer]]:
+    """The banks ``layers`` live in and the layers outside a bank: ``rescale``'s order of the scale values (each
+    bank's layers, then the others)."""
+    banks: dict[int, UpBank] = {}
+    alone: list[OnlineLayer] = []  # conv layers, and Linear layers off the GPU
+    for layer in layers:
+        if layer.bank is not None:
+            banks[id(layer.bank)] = layer.bank
+        elif layer.up is not None:
+            alone.append(layer)
+    return list(banks.values()), alone
+
+
+def write_scales(banks: list[UpBank], alone: list[OnlineLayer], host: torch.Tensor) -> None:
+    """Fold per-rank scale values (``rescale_groups`` order, on the host) into the up factors."""
+    order = [lay for bank in banks for lay in bank.layers] + alone
+    if not order:
+        return
     device = order[0].up.device  # type: ignore[union-attr]
     scale = host.to(device, non_blocking=True) if device.type != "cpu" else host
     start = 0
-    for bank in banks.values():
+    for bank in banks:
         rows = bank.raw.shape[0]
         torch.mul(bank.raw, scale[start : start + rows].view(-1, 1), out=bank.scaled)
         start += rows

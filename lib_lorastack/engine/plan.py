@@ -16,8 +16,8 @@ import torch
 
 from ..adapters.base import Adapter
 from ..formats.lora import ParsedLora
-from ..schedule import schedule_active
 from ..formats.targets import Target
+from ..schedule import schedule_active
 
 FUSED = "fused"
 ONLINE = "online"

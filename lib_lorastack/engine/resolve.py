@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -20,4 +22,18 @@ def resolve_modules(root: torch.nn.Module, prefix: str = "") -> dict[str, torch.
         if full in out and not any(True for _ in module.parameters(recurse=False)):
             continue
         out[full] = module
+    return out
+
+
+def resolve_renamed(root: torch.nn.Module, rename: Callable[[str], str | None], into: dict | None = None) -> dict[str, torch.nn.Module]:
+    """Every module of ``root`` under ``rename(its name)`` (left out where that is None), the ``wrapped`` segments
+    dropped as in ``resolve_modules``: for hosts whose own names are not checkpoint-style (Forge's patcher roots,
+    see ``formats/forge_names.py``). Matching is by name, never by class: Forge's Linear is no ``nn.Linear``."""
+    out: dict[str, torch.nn.Module] = {} if into is None else into
+    for name, module in root.named_modules():
+        clean = ".".join(part for part in name.split(".") if part != "wrapped")
+        ours = rename(clean) if clean else None
+        if ours is None or (ours in out and not any(True for _ in module.parameters(recurse=False))):
+            continue
+        out[ours] = module
     return out

@@ -4,13 +4,21 @@ call, bit for bit, through the same per-weight function that wrote it (``PatchEn
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .plan import FUSED, ParamKey, ParamPlan
+from .plan import ParamKey, ParamPlan
 
-if TYPE_CHECKING:
-    from .engine import PatchEngine
+
+class Rollbackable(Protocol):
+    """What a transaction needs from the engine it undoes."""
+
+    def put_back(self, key: ParamKey, before: ParamPlan | None) -> None:
+        """Give ``key`` the state ``before`` (None: pristine) through the engine's own write paths."""
+
+    def keep_untouched(self, old: Mapping[ParamKey, ParamPlan]) -> None:
+        """Entries of ``old`` that the failed call never reached stay as they were."""
 
 
 @dataclass
@@ -19,25 +27,11 @@ class Transaction:
     done: list[ParamKey] = field(default_factory=list)  # parameters this call changed, in order
     pending_drops: list[ParamKey] = field(default_factory=list)  # backups to free once the call succeeds
 
-    def rollback(self, engine: PatchEngine) -> None:
-        engine._fail_after_writes = None
+    def rollback(self, engine: Rollbackable) -> None:
+        """Every parameter this call changed back to its state before the call, last changed first."""
         for key in dict.fromkeys(reversed(self.done)):
-            engine._drop_online(key[0])
-            before = self.old.get(key)
-            if key in engine.backups:
-                engine._restore(key, None, keep_backup=before is not None and before.mode == FUSED)
-            engine._applied.pop(key, None)
-            if before is None:
-                continue
-            if before.mode == FUSED:
-                bias = engine.write_one(key, before)
-                if bias is not None:
-                    engine._write_bias(key, bias, None)
-                engine._applied[key] = before
-            else:
-                engine._rebuild_online(key, before)
-        for key, plan in self.old.items():  # untouched entries stay as they were
-            engine._applied.setdefault(key, plan)
+            engine.put_back(key, self.old.get(key))
+        engine.keep_untouched(self.old)
 
 
 def tag(exc: BaseException, plan: ParamPlan) -> None:

@@ -88,11 +88,11 @@ class HashCache:
         return hashes
 
 
-    def known_short(self, short: str) -> list[tuple[int, int]]:
-        """(size, mtime) of every cached file whose short "addnet" hash is ``short``: a renamed or moved file keeps
-        both, so it can be found again without hashing a whole folder."""
+    def known_short(self, short: str, kind: str = "addnet") -> list[tuple[int, int]]:
+        """(size, mtime) of every cached file whose short hash of ``kind`` ("addnet", or "sha256" as Forge writes)
+        is ``short``: a renamed or moved file keeps both, so it can be found again without hashing a whole folder."""
         with self._lock:
-            return [(e["size"], e["mtime_ns"]) for e in self._entries.values() if e.get("addnet", "")[:12] == short]
+            return [(e["size"], e["mtime_ns"]) for e in self._entries.values() if e.get(kind, "")[:12] == short]
 
 
 _default_cache = HashCache()

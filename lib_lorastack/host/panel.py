@@ -4,6 +4,9 @@ sync with the prompt's tags, and what the rows add to a job.
 A row is either **in the prompt** (it mirrors a ``<lora:…>`` tag: editing the row rewrites that tag, deleting the
 tag removes the row) or **panel-only** (it applies without touching the prompt). When a LoRA is both in a panel-only
 row and in the prompt, the prompt's tag wins.
+
+Rows are kept in the order they are stacked (the summary's, the infotext's, a saved preset's): the prompt's tags in
+the prompt's order first, then the panel's own rows.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
+from ..schedule import never_active, steps_text
 from ..syntax import StackEntry, parse_prompt
 from ..syntax.format import format_number
 from ..syntax.lbw import DEFAULT_PRESETS, spec_fault
 from ..syntax.rewrite import add_lora_tag, remove_lora_tags
+from ..syntax.tags import TAG_RE
 
 MAX_ROWS = 64
 MAX_STATE_CHARS = 65536
@@ -88,7 +93,7 @@ def parse_state(value: object, presets: Mapping[str, str] | None = None) -> Pars
         value = {"rows": value}
     if not isinstance(value, dict):
         return Parsed(PanelState(), [f"LoRA Stack argument: expected an object with 'rows', got {type(value).__name__}"])
-    unknown = sorted(set(value) - {"rows", "multiplier", "mode"})
+    unknown = sorted(set(value) - {"rows", "multiplier", "mode", "at"})  # "at": when the panel wrote it (UI only)
     if unknown:
         problems.append(f"LoRA Stack argument: unknown key(s) {', '.join(map(repr, unknown))} ignored")
     multiplier, fault = _number(value.get("multiplier", 1.0))
@@ -159,8 +164,8 @@ def parse_row(raw: object, presets: Mapping[str, str] | None = None) -> tuple[Ro
         if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 0:
             return Row(), f"{key} must be a whole number of steps ≥ 0, not {v!r}"
         values[key] = int(v)
-    if values.get("start") is not None and values.get("stop") is not None and values["stop"] <= values["start"]:
-        return Row(), f"stop {values['stop']} must be after start {values['start']}"
+    if never_active(values.get("start"), values.get("stop")):
+        return Row(), f"stop {values['stop']} must be after start {max(values.get('start') or 1, 1)} (steps count from 1)"
     return Row(**values), None
 
 
@@ -187,20 +192,54 @@ def prompt_rows(prompt: str, presets: Mapping[str, str] | None = None) -> list[R
 
 def sync_with_prompt(state: PanelState, prompt: str, presets: Mapping[str, str] | None = None) -> PanelState:
     """Rows in the prompt follow its tags: a changed tag updates its row, a deleted tag removes its row, a new tag
-    adds a row at the end. Panel-only rows stay as they are."""
-    tags = {r.lora: r for r in prompt_rows(prompt, presets)}
-    rows: list[Row] = []
-    seen: set[str] = set()
+    adds a row. The rows come out in stack order: the prompt's tags in the prompt's order, then the prompt rows
+    switched off (their tag is out of the prompt until they are on again), then the panel-only rows as they were."""
+    tags = prompt_rows(prompt, presets)
+    old = {}
     for row in state.rows:
-        if not row.in_prompt:
-            rows.append(row)
-            continue
-        tag = tags.get(row.lora)
-        if tag is not None and row.lora not in seen:
-            rows.append(replace(tag, linked=row.linked and tag.te == tag.unet))
-            seen.add(row.lora)
-    rows += [r for name, r in tags.items() if name not in seen]
-    return replace(state, rows=tuple(rows))
+        if row.in_prompt and row.lora not in old:
+            old[row.lora] = row
+    by_tag = [replace(t, linked=old[t.lora].linked and t.te == t.unet) if t.lora in old else t for t in tags]
+    named = {t.lora for t in tags}
+    off = [r for r in state.rows if r.in_prompt and not r.enabled and r.lora not in named]
+    panel_only = [r for r in state.rows if not r.in_prompt]
+    return replace(state, rows=(*by_tag, *off, *panel_only))
+
+
+def move_in_stack(state: PanelState, prompt: str, index: int, delta: int) -> tuple[PanelState, str, str | None]:
+    """Move a row up or down the stack: panel-only rows among themselves, prompt rows by swapping their tags in the
+    prompt (the prompt's order is the stack's). Returns the state, the prompt and a note when it cannot move."""
+    rows = list(state.rows)
+    to = index + delta
+    if not (0 <= index < len(rows) and 0 <= to < len(rows)):
+        return state, prompt, None
+    a, b = rows[index], rows[to]
+    tagged = lambda r: r.in_prompt and r.enabled  # noqa: E731
+    if tagged(a) != tagged(b) or a.in_prompt != b.in_prompt:
+        return state, prompt, f"row {index + 1}: the prompt's tags come first in the stack, then the panel's own rows"
+    if tagged(a):
+        spans = {e.name: e.span for e in parse_prompt(prompt).entries}
+        sa, sb = spans.get(a.lora), spans.get(b.lora)
+        if sa is None or sb is None:
+            return state, prompt, None
+        (s1, e1), (s2, e2) = sorted((sa, sb))
+        prompt = prompt[:s1] + prompt[s2:e2] + prompt[e1:s2] + prompt[s1:e1] + prompt[e2:]
+        return sync_with_prompt(state, prompt), prompt, None
+    rows[index], rows[to] = b, a
+    return replace(state, rows=tuple(rows)), prompt, None
+
+
+def prompt_problems(prompt: str, presets: Mapping[str, str] | None = None) -> list[str]:
+    """What the job would report about the prompt's LoRA tags, worded as the job words it (the tag, then the
+    fault): a bad number, an unknown block preset, a schedule that never runs…"""
+    tags = [(m.start(), m.end()) for m in TAG_RE.finditer(prompt)]
+    out = []
+    for d in parse_prompt(prompt, presets=presets).diagnostics:
+        where = next((prompt[s:e] for s, e in tags if s <= d.span[0] < e), "")
+        line = f"{where}: {d.message}" if where else d.message
+        if line not in out:
+            out.append(line)
+    return out
 
 
 def edit_row(state: PanelState, prompt: str, index: int, presets: Mapping[str, str] | None = None, **changes) -> tuple[PanelState, str]:
@@ -295,15 +334,21 @@ def summary(
     known: Sequence[str] | None = None,
     wrong_family: Sequence[str] = (),
     budget: float = 3.0,
+    expanded: str | None = None,
+    presets: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Lines for the summary under the panel: the resolved stack, then warnings."""
-    entries = list(parse_prompt(prompt).entries)
-    tags, notes = panel_tags(state, prompt)
+    """Lines for the summary under the panel: the resolved stack, then warnings. ``expanded``: the prompt with its
+    ``<lorastack:NAME>`` tags replaced as the job replaces them (their LoRAs are marked "(preset)")."""
+    job_prompt = prompt if expanded is None else expanded
+    typed = {e.name for e in parse_prompt(prompt).entries}
+    entries = list(parse_prompt(job_prompt, presets=presets).entries)
+    tags, notes = panel_tags(state, job_prompt)
     panel_entries = [parse_prompt(f"<lora:{':'.join(t)}>").entries[0] for t in tags]
-    stack = [(e, "prompt") for e in entries] + [(e, "panel") for e in panel_entries]
+    stack = [(e, "prompt" if e.name in typed else "preset") for e in entries] + [(e, "panel") for e in panel_entries]
     m = state.multiplier
+    problems = prompt_problems(job_prompt, presets)
     if not stack:
-        return ["No LoRA in the stack."]
+        return ["No LoRA in the stack.", *problems]
     parts = []
     for e, source in stack:
         te, unet = e.te * m, e.unet * m
@@ -311,8 +356,9 @@ def summary(
         extra = f" lbw={e.lbw}" if e.lbw else ""
         if e.start is not None or e.stop is not None:
             extra += f" steps {e.start or 0}-{e.stop if e.stop is not None else '∞'}"
-        parts.append(f"{e.name} {strengths}{extra}" + (" (panel)" if source == "panel" else ""))
+        parts.append(f"{e.name} {strengths}{extra}" + (f" ({source})" if source != "prompt" else ""))
     lines = [f"{len(stack)} LoRA{'s' if len(stack) != 1 else ''}: " + ", ".join(parts) + (f" — all ×{format_number(m)}" if m != 1 else "")]
+    lines += problems
     lines += notes
     if known is not None:
         lines += [f"{e.name}: no such LoRA" for e, _ in stack if e.name not in known]
@@ -323,3 +369,13 @@ def summary(
     elif total > budget:
         lines.append(f"total strength {total:.2g} is past {budget:g}: lower the weights or use block weights")
     return lines
+
+
+def last_job_line(activation) -> str:
+    """The summary's "Last job" line for a session ``Activation``: what it applied, how, and how long it took."""
+    r = activation.report
+    if not activation.uses:
+        return "no LoRA"
+    names = ", ".join(u.mentioned for u in activation.uses)
+    work = f"{r.layers_written} weights written" if r is not None and r.layers_written else "nothing to rewrite"
+    return f"{names} ({activation.mode}): {work} in {activation.seconds * 1000:.0f} ms"

@@ -9,12 +9,13 @@ import tempfile
 from dataclasses import replace
 
 from ..presets.errors import PresetError
-from ..presets.expand import expand_preset
+from ..presets.expand import PRESET_TAG_RE, expand_preset
 from ..presets.imports import export_document, merge_into, preset_from_prompt, read_preset_file
 from ..presets.resolve import LoraResolver
 from ..presets.store import PresetStore
 from ..presets.validate import document_to_json
 from ..syntax import format_entry, parse_prompt
+from ..syntax.rewrite import _cut
 from .panel import PanelState, Row, panel_tags, prompt_rows
 
 
@@ -30,6 +31,15 @@ def rows_of(store: PresetStore, name: str, resolver: LoraResolver | None, family
     ex = expand_preset(preset, resolver=resolver, family=family, block_presets=store.load().block_presets)
     rows = [Row(e.name, e.te, e.unet, e.te == e.unet, e.lbw or "", e.start, e.stop) for e in ex.entries]
     return rows, [d.message for d in ex.diagnostics]
+
+
+def remove_preset_tags(prompt: str, name: str) -> tuple[str, int]:
+    """The prompt without its ``<lorastack:NAME>`` / ``<lorastack:NAME:SCALE>`` tags (separators tidied as for a
+    LoRA tag); how many there were. Loading a preset into the rows while its tag stays would stack it twice."""
+    spans = [m.span() for m in PRESET_TAG_RE.finditer(prompt) if m.group(1).split(":")[0].strip() == name]
+    for start, end in reversed(spans):
+        prompt, _cursor = _cut(prompt, start, end)
+    return prompt, len(spans)
 
 
 def save_rows(

@@ -16,7 +16,9 @@ import torch
 
 from ..engine import ApplyReport, PatchEngine
 from ..errors import PatchError
-from ..formats.targets import Family
+from ..formats.lora import ParsedLora
+from ..formats.targets import Family, Target
+from ..schedule import steps_text
 from ..stack import LoraCache, LoraCatalog, ResolvedStack, resolve_request
 from ..stack.catalog import CatalogEntry
 from ..syntax import StackEntry, StackRequest, format_number, parse_prompt
@@ -33,6 +35,8 @@ class ModelHandle:
     family: Family
     modules: Mapping[str, torch.nn.Module]
     name: str = ""
+    # hosts whose layers differ from the checkpoint's (Forge's split q/k/v): each target → the one in ``modules``
+    translate: Callable[[Target], Target] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def _short(use: LoraUse) -> str:
     e = use.entry
     strengths = format_number(e.te) if e.te == e.unet else f"{format_number(e.te)}/{format_number(e.unet)}"
     extra = " blocks" if use.block_vector is not None else ""
-    extra += f" steps {e.start if e.start is not None else 0}-{e.stop if e.stop is not None else '∞'}" if e.start is not None or e.stop is not None else ""
+    extra += f" {steps_text(e.start, e.stop)}" if e.start is not None or e.stop is not None else ""
     return f"{use.mentioned} {strengths}{extra}"
 
 
@@ -122,6 +126,7 @@ class StackSession:
         self.elemental_presets = elemental_presets or dict
         self.lora_cache = LoraCache()
         self._models: dict[object, _ModelState] = {}
+        self._translations: dict[object, dict[int, tuple[ParsedLora, ParsedLora]]] = {}
 
     # ----------------------------------------------------------------- jobs
     def activate(
@@ -145,6 +150,8 @@ class StackSession:
         resolved = self._resolve(request, model, seed)
         out.messages += resolved.messages
         layers, entries, found = list(resolved.layers), list(resolved.entries), list(resolved.found)
+        if model.translate is not None:
+            layers = [replace(layer, lora=self._translated(layer.lora, model)) for layer in layers]
         state.scheduled = any(layer.start is not None or layer.stop is not None for layer in layers)
         step = 0 if state.scheduled else None
         while True:
@@ -176,6 +183,7 @@ class StackSession:
         """Before the model's weights are replaced or it is unloaded: restore what we patched (``restore``) and forget
         the model. Without ``restore`` the patches are dropped with the weights they were in."""
         state = self._models.pop(model_key, None)
+        self._translations.pop(model_key, None)
         if state is None or not restore:
             return None
         return state.engine.clear()
@@ -183,6 +191,10 @@ class StackSession:
     def clear(self) -> list[ApplyReport]:
         """Every model back to its pristine weights; the session holds no patch afterwards."""
         return [r for key in list(self._models) if (r := self.release(key)) is not None]
+
+    def model_keys(self) -> list[object]:
+        """The models the session holds state for."""
+        return list(self._models)
 
     def patched(self, model_key: object) -> dict:
         state = self._models.get(model_key)
@@ -203,6 +215,21 @@ class StackSession:
             engine = PatchEngine(model.modules, mode=options.mode, backup_device=options.engine_backups, cache_bytes=options.cache_mib << 20)
             state = self._models[model.key] = _ModelState(engine, wanted)
         return state
+
+    def _translated(self, lora: ParsedLora, model: ModelHandle) -> ParsedLora:
+        """``lora`` with its targets in the host's layout; the same object for as long as ``lora`` is cached, so
+        that the engine sees an unchanged stack as unchanged."""
+        memo = self._translations.setdefault(model.key, {})
+        hit = memo.get(id(lora))
+        if hit is not None and hit[0] is lora:
+            return hit[1]
+        assert model.translate is not None
+        modules = {model.translate(t): a for t, a in lora.modules.items()}
+        out = replace(lora, modules=modules)
+        if len(memo) > 64:
+            memo.clear()
+        memo[id(lora)] = (lora, out)
+        return out
 
     def _resolve(self, request: StackRequest, model: ModelHandle, seed: int) -> ResolvedStack:
         return resolve_request(

@@ -18,7 +18,7 @@ class _Component:
         return None
 
     def __getattr__(self, name):
-        if name in ("input", "change", "click", "release", "select", "blur"):
+        if name in ("input", "change", "click", "release", "select", "blur", "submit"):
             return lambda fn=None, *a, **kw: events.append((type(self).__name__, name))
         raise AttributeError(name)
 
