@@ -1,15 +1,17 @@
-"""When a scheduled LoRA is active: ``start=``/``stop=`` count sampling steps from 1, as lora-block-weight does in
-the AUTOMATIC1111 WebUI (its check is ``sampling_step > N - 2`` on the sampler's 0-based counter).
+"""When a scheduled LoRA is active: lora-block-weight's rule in the AUTOMATIC1111 WebUI, on the counter it reads.
 
-``start=N`` joins at the N-th step (``start=1`` and ``start=0`` are the plain LoRA), ``stop=N`` leaves at the N-th
-step (``stop=1`` never runs); the hires pass counts again from 1. One rule on every host.
+lora-block-weight checks ``sampling_step > N - 2`` (on for ``start=N``, off for ``stop=N``) on the WebUI's
+``sampling_step``: the progress counter the sampler's callback sets after each step, so the model evaluations of
+steps 1, 2, 3, 4, … see 0, 0, 1, 2, …. The hosts pass that same counter (``lorastack_webui/install.py``), so a
+``start=``/``stop=`` tuned with lora-block-weight gives its image: ``start=1`` (and ``0``) is the plain LoRA,
+``start=N`` joins once the counter reaches N - 1. One rule on every host; the hires pass counts again.
 """
 
 from __future__ import annotations
 
 
 def schedule_active(start: int | None, stop: int | None, step: int | None) -> bool:
-    """``step``: the sampler's 0-based step counter (``None``: outside sampling, everything applies)."""
+    """``step``: the WebUI's ``sampling_step`` counter (``None``: outside sampling, everything applies)."""
     if step is None:
         return True
     number = step + 1
@@ -22,7 +24,7 @@ def never_active(start: int | None, stop: int | None) -> bool:
 
 
 def steps_text(start: int | None, stop: int | None) -> str:
-    """The steps a schedule runs, for people: ``steps 5-19``, ``steps 1-end``, ``no step``."""
+    """The schedule for people, in the counter's numbers (``steps 5-19``, ``steps 1-end``, ``no step``)."""
     if never_active(start, stop):
         return "no step"
     first = max(start or 1, 1)

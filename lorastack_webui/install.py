@@ -170,14 +170,10 @@ def step_started(params) -> None:
 
 
 def sampling_step(params) -> int:
-    """The 0-based step whose model evaluation is about to run. ``params.sampling_step`` is the WebUI's progress
-    counter, set after each step (it reads 0, 0, 1, 2, … at the evaluations); the denoiser's own counter is the one
-    prompt editing uses, in evaluations (``step_multiplier`` of them per step for two-evaluation samplers)."""
-    denoiser = getattr(params, "denoiser", None)
-    evaluations = getattr(denoiser, "step", None)
-    if isinstance(evaluations, int):
-        per_step = getattr(getattr(denoiser, "p", None), "step_multiplier", 1)
-        return evaluations // (per_step if isinstance(per_step, int) and per_step > 0 else 1)
+    """The counter lora-block-weight's schedules read: ``params.sampling_step``, the WebUI's progress counter. It is
+    set after each step, so the evaluations of steps 1, 2, 3, … read 0, 0, 1, …; counting on it with
+    lora-block-weight's check (``lib_lorastack/schedule.py``) gives its images bit for bit (checked in the real
+    WebUI with lora-block-weight b403cb73: ``start=2``, ``start=3`` identical). The same counter on every host."""
     return int(params.sampling_step)
 
 

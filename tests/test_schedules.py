@@ -1,7 +1,7 @@
 """Issue 16: tags read as the WebUI and lora-block-weight read them.
 
-* ``start=``/``stop=`` count sampling steps from 1 (lora-block-weight in A1111: ``sampling_step > N - 2`` on the
-  sampler's 0-based counter), so ``start=1`` is the plain LoRA and ``start=2`` joins at the second step.
+* ``start=``/``stop=`` switch as lora-block-weight does in A1111: ``sampling_step > N - 2`` on the WebUI's
+  ``sampling_step`` counter (the hosts pass that counter), so ``start=1`` is the plain LoRA.
 * A named ``dyn=`` overrides a positional one before the value is checked.
 * An infotext written when schedules counted from 0 pastes to the same steps.
 """
@@ -43,7 +43,7 @@ def test_the_rule_is_lora_block_weights(start, stop) -> None:
         assert schedule_active(start, stop, step) == lbw_active(start, stop, step), (start, stop, step)
 
 
-def test_start_1_is_the_plain_lora_and_start_2_joins_at_the_second_step() -> None:
+def test_start_1_is_the_plain_lora_and_start_2_joins_when_the_counter_reads_1() -> None:
     assert [schedule_active(1, None, s) for s in range(4)] == [True] * 4
     assert [schedule_active(2, None, s) for s in range(4)] == [False, True, True, True]
     assert [schedule_active(None, 3, s) for s in range(4)] == [True, True, False, False]
@@ -87,7 +87,7 @@ def test_the_per_step_path_runs_the_lora_at_the_steps_lbw_would(tmp_path: Path) 
         assert same_bits(part(now, False), part(plain, False))  # the text encoder's part always applies
         assert same_bits(part(now, True), part(plain, True)) or same_bits(part(now, True), part(base, True))
         seen.append(same_bits(part(now, True), part(plain, True)))
-    assert seen == [False, True, True, False, False]  # the UNet sees the LoRA at steps 2 and 3 of 1…5
+    assert seen == [False, True, True, False, False]  # the UNet sees the LoRA while the counter reads 1 and 2
     session.release(handle.key)
 
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from ..schedule import never_active, steps_text
+from ..schedule import never_active
 from ..syntax import StackEntry, parse_prompt
 from ..syntax.format import format_number
 from ..syntax.lbw import DEFAULT_PRESETS, spec_fault

@@ -65,13 +65,15 @@ class StableDiffusionProcessing:
         q, k = modules[Q_LAYER], modules[K_LAYER]
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(1, q.in_features, generator=g).to(q.weight.dtype) if start is None else start
+        progress = 0  # shared.state.sampling_step: the sampler's callback sets it after each step (0, 0, 1, 2, …)
         for step in range(steps):
-            script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(x, step, steps))
+            script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(x, progress, steps))
             if self.refiner is not None and step == steps // 2 and not self.is_hr_pass:
                 sd_models.reload_model_weights(info=self.refiner)
                 modules = dict(shared.sd_model.named_modules())
                 q, k = modules[Q_LAYER], modules[K_LAYER]
             x = x + 0.1 * torch.tanh(q(x) + k(cond))
+            progress = step
         return x
 
 
