@@ -103,7 +103,12 @@ def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=No
     for filename, u, t, online in targets:
         unet_patches, clip_patches = _patches(filename)
         unet, clip = unet.clone(), clip.clone()
-        unet.add_patches(filename=filename, patches=unet_patches, strength_patch=u, online_mode=online)
-        clip.add_patches(filename=filename, patches=clip_patches, strength_patch=t, online_mode=online)
+        add_patches(unet, unet_patches, u, filename, online)
+        add_patches(clip, clip_patches, t, filename, online)
     current_sd.forge_objects.unet, current_sd.forge_objects.clip = unet, clip
     current_sd.forge_objects_after_applying_lora = current_sd.forge_objects.shallow_copy()
+
+
+def add_patches(patcher, patches, strength, filename, online) -> None:
+    """Forge's ``ModelPatcher.add_patches`` takes keyword-only arguments (Neo's stand-in overrides this)."""
+    patcher.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
