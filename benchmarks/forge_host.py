@@ -144,8 +144,9 @@ class Job:
 class Server:
     """A running Forge / Neo server: the API, its log file and its process."""
 
-    def __init__(self, host: str, port: int, log: str, pidfile: str) -> None:
+    def __init__(self, host: str, port: int, log: str, pidfile: str, checkpoint: str | None = None) -> None:
         self.host, self.base, self.log = host, f"http://127.0.0.1:{port}", Path(log)
+        self.checkpoint = checkpoint  # pinned per job: the server's saved setting may name another model
         self.pid = Path(pidfile).read_text().strip()
         self.images: dict[str, bytes] = {}
 
@@ -164,6 +165,14 @@ class Server:
                 got[line.split(":")[0]] = int(line.split()[1]) / 2**20
         return round(got["VmRSS"], 3), round(got["VmHWM"], 3)
 
+    def anon(self) -> float:
+        """Resident anonymous memory (GiB): VmRSS also counts pages of memory-mapped files (the checkpoint), which
+        the kernel drops and reads back as it likes, so RssAnon is the figure that shows what a LoRA engine holds."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon"):
+                return round(int(line.split()[1]) / 2**20, 3)
+        return float("nan")
+
     def cpu(self) -> float:
         """User + system seconds of the server and its reaped children (fields 14-17 of /proc/PID/stat)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -173,6 +182,8 @@ class Server:
         overrides: dict = {"emphasis": "No norm"}
         if self.host == "neo":
             overrides["CLIP_stop_at_last_layers"] = 1
+        if self.checkpoint:
+            overrides["sd_model_checkpoint"] = self.checkpoint
         body = {"prompt": prompt(stack), "negative_prompt": "", "steps": 2, "width": 64, "height": 64, "seed": 1,
                 "sampler_name": "Euler", "scheduler": "Automatic", "cfg_scale": 7, "batch_size": 1, "n_iter": 1,
                 "override_settings": overrides, "override_settings_restore_afterwards": False}  # fmt: skip
@@ -294,18 +305,19 @@ def memory(server: Server, engine: str, switches: int, toggle: bool = True) -> d
     if toggle:
         server.engine(engine)
     jobs = [server.gen("load", engine), server.gen("plain", engine)]  # the first job loads the checkpoint
+    anon = {"plain": server.anon()}
     start = server.mem()
     jobs.append(server.gen("stack", engine, STACK))
-    stacked = server.mem()
+    stacked, anon["stack"] = server.mem(), server.anon()
     third = (C, D, E)
     for i in range(switches):
         jobs.append(server.gen(f"switch {i + 1}", engine, ((A, 1.0), (B, 0.8), (third[(i + 1) % 3], 0.6))))
-    switched = server.mem()
+    switched, anon["after switches"] = server.mem(), server.anon()
     jobs.append(server.gen("restore", engine))
-    restored = server.mem()
+    restored, anon["after restore"] = server.mem(), server.anon()
     return {"kind": "memory", "host": server.host, "engine": engine, "switches": switches,
             "mem": {"plain": start, "stack": stacked, "after switches": switched, "after restore": restored},
-            "jobs": [asdict(j) for j in jobs]}  # fmt: skip
+            "anon": anon, "jobs": [asdict(j) for j in jobs]}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -368,17 +380,19 @@ def timing_table(result: dict) -> str:
 
 
 def memory_table(results: list[dict]) -> str:
-    lines = ["| host, engine | plain RSS | stack RSS | after N switches RSS / HWM | after restore RSS | switch cost median |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| host, engine | plain RSS | stack RSS | after N switches RSS / HWM | after restore RSS | RssAnon plain / stack / "
+             "switches / restore | switch cost median |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         m = r["mem"]
+        a = r.get("anon")
+        anon = " / ".join(f"{a[k]:.2f}" for k in ("plain", "stack", "after switches", "after restore")) if a else "–"
         switches = [j for j in r["jobs"] if j["label"].startswith("switch")]
         plain = next(j for j in r["jobs"] if j["label"] == "plain")
         server_side = median([j["ours_ms"] for j in switches]) if r["engine"] == "ours" else None
         moving = median([j["moving_s"] for j in switches])
         extra = f"{server_side:.0f} ms ours" if server_side is not None else f"{moving:.2f} s moving"
         lines.append(f"| {r['host']}, {r['engine']} ({r['switches']} switches) | {m['plain'][0]:.2f} GiB | {m['stack'][0]:.2f} | "
-                     f"{m['after switches'][0]:.2f} / {m['after switches'][1]:.2f} | {m['after restore'][0]:.2f} | "
+                     f"{m['after switches'][0]:.2f} / {m['after switches'][1]:.2f} | {m['after restore'][0]:.2f} | {anon} | "
                      f"wall {median([j['wall_s'] for j in switches]) - plain['wall_s']:+.2f} s, "
                      f"CPU {median([j['cpu_s'] for j in switches]) - plain['cpu_s']:+.2f} s ({extra}) |")  # fmt: skip
     return "\n".join(lines)
@@ -418,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--log", required=True, help="the server's log file (its console)")
         p.add_argument("--pid", required=True, help="the server's PID file")
+        p.add_argument("--checkpoint", help="the model every job runs on (override_settings sd_model_checkpoint)")
         p.add_argument("--json", help="write every job's figures here")
         p.add_argument("--images", help="write the images (base64 PNG by engine:step:round, JSON) here")
         p.add_argument("--no-toggle", action="store_true", help="do not set lorastack_takeover (extension not loaded)")
@@ -437,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "table":
         print(show([json.loads(Path(f).read_text()) for f in args.files]))
         return 0
-    server = Server(args.host, args.port, args.log, args.pid)
+    server = Server(args.host, args.port, args.log, args.pid, args.checkpoint)
 
     def save(result: dict) -> None:
         if args.json:

@@ -29,10 +29,6 @@ def panel_job(p, enabled, state) -> PanelJob | None:
     parsed = parse_state(state, host().lbw_presets())
     prompt = (getattr(p, "all_prompts", None) or [getattr(p, "prompt", "")])[0]
     tags, notes = panel_tags(parsed.state, prompt if isinstance(prompt, str) else "")
-    job = PanelJob(tags, parsed.state.multiplier, parsed.state.mode, parsed.problems + notes)
-    if tags or job.multiplier != 1.0:
-        # the conditioning cache is keyed on the prompt's tags: rows and the multiplier change the text encoder too
-        for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-            if hasattr(p, name):
-                setattr(p, name, [None, None])
-    return job
+    # The conditioning cache is keyed on the prompt's tags, not on rows or the multiplier: it is emptied whenever
+    # they change the weights (tags.py ``forget_conditionings``), so a repeated panel job reuses its conditioning.
+    return PanelJob(tags, parsed.state.multiplier, parsed.state.mode, parsed.problems + notes)

@@ -42,7 +42,7 @@ class LoraStackTags(extra_networks.ExtraNetwork):
         mode, mode_note = _mode(h, sd_model, options.mode, mode)
         activation = h.session.activate(handle, tags, seed=int(seeds[0]), multiplier=multiplier, mode=mode)
         if activation.changed:
-            _forget_conditionings(p)  # the text encoder may have changed under an unchanged prompt (a file rewritten)
+            forget_conditionings(p)  # the text encoder may have changed under an unchanged prompt (a file rewritten)
         if mode_note and activation.uses:
             p.extra_generation_params[MODE_FIELD] = mode_note
             print(f"[LoRA Stack] {mode_note}", flush=True)
@@ -93,17 +93,26 @@ class LoraStackTags(extra_networks.ExtraNetwork):
 MODE_FIELD = "LoRA stack mode"
 
 
-def _forget_conditionings(p) -> None:
-    """Drop the conditionings the host caches by prompt (on the job and on its class: Forge/Neo ``clear_prompt_cache``),
-    so that none computed with other text-encoder weights is reused."""
-    clear = getattr(p, "clear_prompt_cache", None)
-    if callable(clear):
-        clear()
-        return
-    for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-        for owner in (p, type(p)):
-            if isinstance(getattr(owner, name, None), list):
-                setattr(owner, name, [None, None])
+_CONDITIONING_CACHES = ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")
+
+
+def forget_conditionings(p) -> None:
+    """Drop every conditioning the host caches by prompt, the hires pass's included, so that none computed with other
+    text-encoder weights is reused. Each cache is a list on the class that defines it, which every job binds when it
+    is made (A1111, Forge and Neo alike); it is emptied in place and the job stays bound to it, so the conditionings
+    this job computes land where the next job looks. (Forge's and Neo's ``clear_prompt_cache`` binds new lists to the
+    job and to the class separately: this job's conditionings then go into a list no later job reads, and the next
+    job encodes its prompt again, a repeated one too. Binding a new list to ``type(p)`` alone leaves the base class's
+    list, the one the next job reads, holding conditionings from before the change.)"""
+    for name in _CONDITIONING_CACHES:
+        home = next((c for c in type(p).__mro__ if name in vars(c)), None)
+        shared_list = vars(home)[name] if home is not None else None
+        own = vars(p).get(name) if hasattr(p, "__dict__") else None
+        for cache in (shared_list, own):
+            if isinstance(cache, list):
+                cache[:] = [None] * len(cache)
+        if isinstance(shared_list, list) and isinstance(own, list) and own is not shared_list:
+            setattr(p, name, shared_list)
 
 
 def _builtin_reason(h, sd_model, handle) -> str | None:
@@ -115,13 +124,14 @@ def _builtin_reason(h, sd_model, handle) -> str | None:
 
 
 def _mode(h, sd_model, setting: str, override: str | None) -> tuple[str | None, str | None]:
-    """The engine mode for this job and, when the host's storage chose it, why (for the infotext and console)."""
+    """The engine mode for this job and, when the host's storage chose it, why (for the infotext and console). In
+    "auto" the engine itself puts weights stored in 8-bit floats online, so the storage note is the why there too."""
     if override is not None:
         return override, None
     chosen = h.adapter.mode_for(sd_model, setting)
-    if chosen == setting:
-        return None, None
-    return chosen, h.adapter.storage_note(sd_model)
+    if chosen != setting:
+        return chosen, h.adapter.storage_note(sd_model)
+    return None, (h.adapter.storage_note(sd_model) if setting == "auto" else None)
 
 
 def _last_job(activation) -> str:

@@ -20,6 +20,7 @@ if adapter() is not None:  # else one console line says which host this is, and 
     from lorastack_webui.panel import build_panel, rows_from_infotext, wire
     from lorastack_webui.presets import expand_job_prompts
     from lorastack_webui.services import services
+    from lorastack_webui.tags import forget_conditionings
 
     install()
 
@@ -62,4 +63,6 @@ if adapter() is not None:  # else one console line says which host this is, and 
             p._lorastack_panel = panel_job(p, enabled, state) if host().options().takeover else None
             if getattr(p, "disable_extra_networks", False) and host().options().takeover:
                 with torch.no_grad():
-                    host().session.clear()
+                    restored = host().session.clear()
+                if any(r.layers_restored for r in restored):
+                    forget_conditionings(p)  # its prompt's key is the last LoRA job's: that conditioning had our patch

@@ -154,3 +154,38 @@ def test_an_sdxl_lora_on_forges_split_clip_g_writes_what_it_writes_into_openclip
     with torch.no_grad():
         session.clear()
     assert torch.equal(block.attn.in_proj_weight, pristine[0]) and torch.equal(forge_attn.k_proj.weight, pristine[1])
+
+
+def test_sd2_openclip_h_targets_land_on_forges_23_layer_clip_h() -> None:
+    """Forge's SD2 ``clip_h`` is a Hugging Face CLIPTextModel of 23 layers, width 1024, MLP 4096 (Forge's
+    backend/huggingface/stabilityai/stable-diffusion-2-1/text_encoder/config.json: SD2 conditions on the penultimate
+    layer, as kohya's sd-scripts builds it). Every OpenCLIP-H target of layers 0-22 (q/k/v row blocks, out_proj,
+    c_fc, c_proj) lands on a Forge Linear of its shape, and our kohya key for it is the key Forge's built-in maps to
+    that Linear (``lora_te_`` + the HF name); layer 23 has no Forge module (the engine reports such a target)."""
+    from lib_lorastack.formats.writers import kohya_key
+
+    forge: dict[str, dict] = {}
+    for i in range(23):
+        pre = f"clip_h.transformer.text_model.encoder.layers.{i}."
+        for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            forge[f"{pre}self_attn.{p}"] = {"weight": (1024, 1024), "bias": (1024,)}
+        forge[f"{pre}mlp.fc1"] = {"weight": (4096, 1024), "bias": (4096,)}
+        forge[f"{pre}mlp.fc2"] = {"weight": (1024, 4096), "bias": (1024,)}
+    ours = {our_name(Family.SD2, n): _Module(p) for n, p in forge.items()}
+    assert None not in ours and len(ours) == len(forge)
+    back = {our_name(Family.SD2, n): n for n in forge}
+    a1111 = {n: _Module(p) for n, p in _table("sd21.json").items()}
+    widths = attention_widths(ours)
+    te = [t for t in targetable(Family.SD2) if t.module.startswith("cond_stage_model.")]
+    assert len(te) == 24 * 6
+    landed = 0
+    for t in te:
+        forge_target = translate_target(t, widths)
+        if ".resblocks.23." in t.module:
+            assert forge_target.module not in ours
+            continue
+        assert _shape(ours, forge_target) == _shape(a1111, t), (t, forge_target)
+        hf = back[forge_target.module][len("clip_h.transformer.") :]
+        assert kohya_key(t, Family.SD2) == "lora_te_" + hf.replace(".", "_")
+        landed += 1
+    assert landed == 23 * 6

@@ -81,6 +81,16 @@ class BackupStore:
         with torch.no_grad():
             param.copy_(self._saved[key], non_blocking=True)
 
+    def swap_in(self, key: ParamKey, param: torch.Tensor) -> bool:
+        """Give ``param`` its pristine value by taking over the copy's memory (no copy), and forget the copy; False
+        (nothing done) unless both are whole, alike CPU tensors. The parameter object stays the same, so every
+        module and reference holding it sees the pristine value; its patched memory is freed."""
+        saved = self._saved.get(key)
+        if saved is None or not _swappable(param, saved):
+            return False
+        param.data = self._saved.pop(key)
+        return True
+
     def drop(self, key: ParamKey) -> None:
         self._saved.pop(key, None)
 
@@ -97,3 +107,24 @@ class BackupStore:
         """Bytes kept on the CPU (``"cpu"``) or on a GPU (``"device"``)."""
         cpu = where == "cpu"
         return sum(t.numel() * t.element_size() for t in self._saved.values() if (t.device.type == "cpu") == cpu)
+
+
+def _swappable(param: torch.Tensor, saved: torch.Tensor) -> bool:
+    return (
+        param.device.type == "cpu" and saved.device.type == "cpu"
+        and param.dtype == saved.dtype and param.shape == saved.shape and param.stride() == saved.stride()
+        and saved.storage_offset() == 0 and param.storage_offset() == 0
+        and param.untyped_storage().nbytes() == param.numel() * param.element_size()
+        and saved.untyped_storage().nbytes() == saved.numel() * saved.element_size()
+        and type(param.data) is torch.Tensor
+        and _sole_user(param)
+    )  # fmt: skip
+
+
+def _sole_user(param: torch.Tensor) -> bool:
+    """No other tensor (a view, a tied weight, a host's reference to the data) uses ``param``'s memory: such a
+    tensor would keep seeing the patched values after a swap. Unknown (no use count in this torch): not sole."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return False
+    return use_count(param.untyped_storage()._cdata) <= 2  # the parameter's own and the storage object asked here

@@ -1,4 +1,5 @@
-"""LoRA factors on the compute device, moved once and kept while used, under a byte budget (LRU)."""
+"""LoRA factors on the compute device, moved once and kept while used, under a byte budget (LRU). On the CPU the
+factors are (normally) the parsed file's own tensors: nothing is kept."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ class FactorCache:
             source_up = bound.adapter.tensors.get("lora_up.weight")
             amax = float(source_up.detach().abs().max()) if source_up is not None and source_up.numel() else 0.0
             entry = Factors(up, down, float(scale), amax * abs(float(scale)))
-            self._bytes += _nbytes(up) + _nbytes(down)
+        if torch.device(device).type == "cpu":
+            return entry  # the file's own tensors: keeping them would only keep a file alive after its LoRA went
+        if entry is not None:
+            self._bytes += _nbytes(entry.up) + _nbytes(entry.down)
         self._entries[key] = entry
         self._evict()
         return entry

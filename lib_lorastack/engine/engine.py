@@ -9,7 +9,6 @@ in the forward; ``transaction.py`` puts everything back when an apply fails. Thi
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,10 +20,13 @@ from .backups import BackupStore
 from .batch import Write, WriteBatch, exact_half_products
 from .device_cache import FactorCache
 from .fast import FastSwitch, OnlineSwitch, structure
-from .fused import WeightProgram, build_program, choose_path, write_fused
+from .fused import WeightProgram, choose_path, write_fused
 from .graphs import MIN_WEIGHTS, GraphCache
 from .online import OnlineLayer, can_go_online, make_banks, rescale
+from .os_memory import return_freed_memory
+from .packed import packed_kind
 from .plan import FUSED, ONLINE, Binder, BlockMemo, ParamKey, ParamPlan, Skipped, StackLayer, build_plan
+from .programs import ProgramCache
 from .stream import PristineStream
 from .transaction import Transaction, tag
 
@@ -92,8 +94,7 @@ class PatchEngine:
         self.stats = EngineStats()
         self._binder = Binder(modules)
         self._blocks = BlockMemo()
-        self._programs: OrderedDict[tuple, WeightProgram] = OrderedDict()
-        self._program_bytes = 0
+        self.programs = ProgramCache(self.cache, compute_dtype)
         self._applied_store: dict[ParamKey, ParamPlan] = {}
         self._stale = False  # a fast switch changed strengths: the plans are rebuilt from the stack when needed
         self._fast: FastSwitch | None = None
@@ -169,8 +170,8 @@ class PatchEngine:
         fast = self._fast
         if fast is None or self._fail_after_writes is not None:
             return None
-        if not stack:
-            return self._fast_clear(fast)
+        if not stack:  # on the CPU the planned clear hands the backups' memory over instead of copying
+            return self._fast_clear(fast) if fast.params[0].device.type != "cpu" else None
         if structure(stack, step) != fast.structure:
             return None
         strengths = fast.strengths(stack)
@@ -181,6 +182,7 @@ class PatchEngine:
             return None
         with exact_half_products():
             written = fast.write(strengths, self.compute_dtype)
+        return_freed_memory(self.programs.release_cpu())
         self._stale = True
         self.graphs.replays += 1
         n = len(written)
@@ -306,8 +308,7 @@ class PatchEngine:
         self._applied  # noqa: B018 - bring the plans up to date before the graph that wrote them goes
         self._fast = None
         self.cache.clear()
-        self._programs.clear()
-        self._program_bytes = 0
+        self.programs.clear()
         self.graphs.clear()
         self._binder.forget()
 
@@ -318,7 +319,9 @@ class PatchEngine:
         report = ApplyReport(skipped=skipped)
         old = self._applied
         changed = sorted(k for k in plans.keys() | old.keys() if _sig(plans.get(k)) != _sig(old.get(k)))
+        freed = 0
         if changed:
+            self._trim_cpu_caches(plans)  # before this apply builds its own programs: they are not needed together
             self.backups.begin()
             txn = Transaction(dict(old))
             try:
@@ -331,14 +334,28 @@ class PatchEngine:
                     raise
                 lora, layer = getattr(exc, "_lorastack_where", (None, None))
                 raise PatchError(f"{type(exc).__name__}: {exc}; the model was left as it was", lora=lora, layer=layer) from exc
+            held = self.backups.nbytes_on("cpu")
+            for key in txn.pending_swaps:
+                param = self._param(key)
+                if not self.backups.swap_in(key, param):
+                    self.backups.restore(key, param)
             for key in txn.pending_drops:
                 self.backups.drop(key)
+            freed += held - self.backups.nbytes_on("cpu")
         if not any(p.mode == FUSED for p in self._applied.values()):
             self.graphs.clear()
+        self._trim_cpu_caches(self._applied)
+        return_freed_memory(freed + self.programs.release_cpu())
         report.fused_params = sum(1 for p in self._applied.values() if p.mode == FUSED)
         report.online_params = sum(1 for p in self._applied.values() if p.mode == ONLINE)
         self.stats.applies += 1
         return report
+
+    def _trim_cpu_caches(self, plans: Mapping[ParamKey, ParamPlan]) -> None:
+        """CPU programs and replays of compositions other than ``plans``' go (see ``programs.py``)."""
+        current = {(key, plan.composition) for key, plan in plans.items()}
+        self.graphs.trim_eager(lambda signature: all((entry[0], entry[1]) in current for entry in signature))
+        self.programs.trim(current)
 
     def _transition(
         self,
@@ -378,7 +395,7 @@ class PatchEngine:
                     to_build.append(key)
             else:
                 to_fuse.append(key)
-        self._restore_many(to_restore, report, txn)
+        self._restore_many(to_restore, report, txn, {k for k in to_restore if k not in plans})
         self._write_fused(to_fuse, plans, report, txn)
         self._go_online(to_build, plans, report, txn, per_sample)
         self._rescale_online(to_rescale, plans, report, txn)
@@ -472,24 +489,7 @@ class PatchEngine:
 
     def program(self, plan: ParamPlan, param: torch.Tensor) -> WeightProgram:
         """The weight's program for ``plan``'s composition (factors concatenated on the weight's device), cached."""
-        cache_key = (plan.key, plan.composition)
-        program = self._programs.get(cache_key)
-        if program is not None and program.device == param.device:
-            self._programs.move_to_end(cache_key)
-            return program
-        try:
-            program = build_program(plan, param, self.cache, self.compute_dtype)
-        except BaseException as exc:
-            tag(exc, plan)
-            raise
-        if cache_key in self._programs:
-            self._program_bytes -= self._programs.pop(cache_key).nbytes()
-        self._programs[cache_key] = program
-        self._program_bytes += program.nbytes()
-        while self._program_bytes > self.cache.budget and len(self._programs) > 1:
-            _, evicted = self._programs.popitem(last=False)
-            self._program_bytes -= evicted.nbytes()
-        return program
+        return self.programs.get(plan, param)
 
     def write_one(self, key: ParamKey, plan: ParamPlan) -> torch.Tensor | None:
         """Write one weight's fused value for ``plan`` from its backup, through the same function and operand layout
@@ -569,7 +569,7 @@ class PatchEngine:
         ranks = torch.tensor(layer.ranks, dtype=torch.long)
         per_rank = matrix[:, layer.low_rank].repeat_interleave(ranks, dim=1)
         weight = layer.module.weight
-        layer.sample_scale = per_rank.to(device=weight.device, dtype=weight.dtype)
+        layer.sample_scale = per_rank.to(device=weight.device, dtype=layer.dtype)
 
     def _rebuild_online(self, key: ParamKey, plan: ParamPlan) -> None:
         """Put an online layer back as it was before a failed apply (used by the rollback)."""
@@ -629,6 +629,8 @@ class PatchEngine:
     # ----------------------------------------------------------------- weights, biases, backups
     def _choose_mode(self, module: torch.nn.Module, param: str) -> str:
         online_ok = can_go_online(module, param)
+        if online_ok and packed_kind(getattr(module, param, None)) is not None:
+            return ONLINE  # packed weights (GGUF, 4-bit) are never written: online in every mode (see packed.py)
         if self.mode == "online":
             return ONLINE if online_ok else FUSED
         if self.mode == "auto":
@@ -682,15 +684,19 @@ class PatchEngine:
         self._count_write(bias, report)
         self._bias_touched[key] = bias_key
 
-    def _restore_many(self, keys: list[ParamKey], report: ApplyReport, txn: Transaction) -> None:
+    def _restore_many(self, keys: list[ParamKey], report: ApplyReport, txn: Transaction, leaving: set[ParamKey]) -> None:
         """Pristine values back into ``keys`` (their backups are freed once the apply succeeds): copies between
-        tensors on one GPU go as one multi-tensor launch per dtype."""
+        tensors on one GPU go as one multi-tensor launch per dtype. CPU weights in ``leaving`` (unpatched from now
+        on, nothing reads them before the end of the apply) take over their backup's memory when the apply
+        succeeds instead of a copy (``BackupStore.swap_in``)."""
         groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for key in keys:
             txn.done.append(key)  # first: a failure below restores it again from its backup
             param = self._param(key)
             backup = self.backups.get(key)
-            if backup.device == param.device and backup.dtype == param.dtype:
+            if key in leaving and param.device.type == "cpu" and backup.device.type == "cpu":
+                txn.pending_swaps.append(key)
+            elif backup.device == param.device and backup.dtype == param.dtype:
                 dst, src = groups.setdefault((param.device, param.dtype), ([], []))
                 dst.append(param)
                 src.append(backup)

@@ -34,6 +34,7 @@ import torch
 
 from ..adapters.base import Adapter
 from .device_cache import FactorCache, Factors
+from .packed import logical_shape
 from .plan import Contribution, ParamKey, ParamPlan
 
 MAX_HALF_STRENGTH = 16.0  # |strength| above this takes the fp32 path (the fp16 parts would overflow)
@@ -57,12 +58,29 @@ class WeightProgram:
     rest: list[int]  # positions of the contributions computed by their adapter (dense, row blocks, biases, multiplicative)
     factors: list[Factors] = field(default_factory=list)
     rest_adapters: list[Adapter] = field(default_factory=list)  # the ``rest`` contributions' adapters on the device
-    up_t: torch.Tensor | None = None  # [R, out] compute dtype, file scales folded in
+    compute_dtype: torch.dtype = torch.float32
+    _up_t: torch.Tensor | None = None  # [R, out] compute dtype, file scales folded in (see ``up_t``)
     half_dtype: torch.dtype | None = None  # fp16/bf16 when every factor is stored in it (exact half products)
     exponent: int = 0  # split paths: the scale vector carries 2**exponent, undone exactly by the product's alpha
     _down: torch.Tensor | None = None
     _down_parts: torch.Tensor | None = None
     _down_native: torch.Tensor | None = None
+
+    @property
+    def up_t(self) -> torch.Tensor | None:
+        """[R, out] in the compute dtype with each file's scale folded in; None when no contribution is low-rank.
+        Built from the factors on first use (again after ``release``: the same operations, the same bits)."""
+        if self._up_t is None and self.factors:
+            self._up_t = torch.cat([(f.up.to(self.compute_dtype) * f.scale).t() for f in self.factors], 0).contiguous()
+        return self._up_t
+
+    @up_t.setter
+    def up_t(self, value: torch.Tensor | None) -> None:
+        self._up_t = value
+
+    def release(self) -> None:
+        """Free the concatenated factors (they are rebuilt when next used); the factors themselves stay."""
+        self._up_t = self._down = self._down_parts = self._down_native = None
 
     @property
     def rank(self) -> int:
@@ -75,7 +93,7 @@ class WeightProgram:
     def down(self) -> torch.Tensor:
         """[R, fan_in] in the compute dtype."""
         if self._down is None:
-            self._down = torch.cat([f.down for f in self.factors], 0).to(self.up_t.dtype)  # type: ignore[union-attr]
+            self._down = torch.cat([f.down for f in self.factors], 0).to(self.compute_dtype)
         return self._down
 
     def down_as(self, dtype: torch.dtype) -> torch.Tensor:
@@ -107,7 +125,7 @@ class WeightProgram:
         return all(getattr(a, "graph_safe", False) for a in self.rest_adapters)
 
     def nbytes(self) -> int:
-        tensors = (self.up_t, self._down, self._down_parts, self._down_native)
+        tensors = (self._up_t, self._down, self._down_parts, self._down_native)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -141,12 +159,12 @@ def build_program(plan: ParamPlan, param: torch.Tensor, cache: FactorCache, comp
             factors.append(f)
     rest += [len(additive) + j for j in range(len(multiplicative))]
     program = WeightProgram(
-        plan.key, plan.composition, param.shape, param.device, low_rank, [int(f.up.shape[1]) for f in factors], rest, factors
+        plan.key, plan.composition, logical_shape(param), param.device, low_rank, [int(f.up.shape[1]) for f in factors], rest, factors,
+        compute_dtype=compute_dtype,
     )
     contributions = [*additive, *multiplicative]
     program.rest_adapters = [cache.adapter(contributions[i].bound, param.device) for i in rest]
     if factors:
-        program.up_t = torch.cat([(f.up.to(compute_dtype) * f.scale).t() for f in factors], 0).contiguous()
         dtypes = {f.up.dtype for f in factors} | {f.down.dtype for f in factors}
         program.half_dtype = next(iter(dtypes)) if len(dtypes) == 1 and next(iter(dtypes)) in SPLIT_PARTS else None
         amax = max(f.up_amax for f in factors)

@@ -98,5 +98,11 @@ class GraphCache:
     def clear(self) -> None:
         self._graphs.clear()
 
+    def trim_eager(self, keep: Callable[[Hashable], bool]) -> None:
+        """Drop the CPU replays whose signature ``keep`` refuses: each holds its writes' programs and pristine
+        copies in the memory the model lives in, and a CPU replay saves no launches worth that."""
+        for signature in [s for s, g in self._graphs.items() if isinstance(g, EagerReplay) and not keep(s)]:
+            del self._graphs[signature]
+
     def __len__(self) -> int:
         return len(self._graphs)

@@ -7,6 +7,10 @@ strength change rewrites only small factors (``OnlineLayer.rescale``). With a pe
 can carry different strengths (``OnlineLayer.sample_scale``). Dense and multiplicative contributions become one
 precomputed ΔW. GroupNorm and LayerNorm add ``norm(x; Δw, Δb)`` (exact: a norm is linear in its affine
 parameters). MultiheadAttention (it reads its weights directly) and Embedding are fused.
+
+A layer whose weight is packed (GGUF, bitsandbytes 4-bit; ``packed.py``) goes online whatever the mode: its own
+forward dequantises, the factors are kept in the dtype it dequantises into, shapes come from the logical shape, and
+its bytes are never written or copied.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .fused import WeightProgram, dense_delta
+from .packed import factor_dtype, logical_shape, packed_kind
 from .plan import ParamPlan
 
 ONLINE_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -27,7 +32,7 @@ def can_go_online(module: torch.nn.Module, param: str) -> bool:
         return False
     if isinstance(module, torch.nn.Conv2d) and module.groups != 1:
         return False
-    return (isinstance(module, ONLINE_TYPES) or _linear_like(module)) and param == "weight"
+    return (isinstance(module, ONLINE_TYPES) or _linear_like(module) or _packed_linear(module)) and param == "weight"
 
 
 def _linear_like(module: torch.nn.Module) -> bool:
@@ -39,6 +44,12 @@ def _linear_like(module: torch.nn.Module) -> bool:
         and not isinstance(module, torch.nn.Embedding)
         and tuple(weight.shape) == (getattr(module, "out_features", None), getattr(module, "in_features", None))
     )  # fmt: skip
+
+
+def _packed_linear(module: torch.nn.Module) -> bool:
+    """A host Linear whose weight is packed (Forge's GGUF Linear has no ``in_features``; bnb's data are [n, 1])."""
+    weight = getattr(module, "weight", None)
+    return packed_kind(weight) is not None and len(logical_shape(weight)) == 2 and not isinstance(module, torch.nn.Embedding)
 
 
 class UpBank:
@@ -64,7 +75,7 @@ class OnlineLayer:
     def __init__(self, module: torch.nn.Module, plan: ParamPlan) -> None:
         self.module = module
         self.plan = plan
-        linear = isinstance(module, torch.nn.Linear) or _linear_like(module)
+        linear = isinstance(module, torch.nn.Linear) or _linear_like(module) or _packed_linear(module)
         self.kind = "linear" if linear else "conv" if isinstance(module, torch.nn.Conv2d) else "norm"
         self.program: WeightProgram | None = None  # the low-rank part's concatenated factors (shared with fused mode)
         self.low_rank: list[int] = []  # positions (canonical order) of the contributions in the factor pair
@@ -77,31 +88,39 @@ class OnlineLayer:
         self.dense_bias: torch.Tensor | None = None
         self.sample_scale: torch.Tensor | None = None  # [samples, R]: per-sample strengths (then ``up`` is at 1)
         self.unit = False  # strengths are per sample: ``up`` holds the factors at strength 1
+        weight = module.weight
+        self.packed = packed_kind(weight)  # "gguf"/"nf4"/"fp4": the weight's bytes are the host's, never read here
+        # the factors' dtype: the weight's, or the dtype a packed weight dequantises into
+        self.dtype = factor_dtype(weight) if isinstance(weight, torch.Tensor) else torch.float32
         self._installed = False
         self._previous = None
 
     # ----------------------------------------------------------------- building
     def build(self, program: WeightProgram | None, compute_dtype: torch.dtype) -> None:
         weight: torch.Tensor = self.module.weight
+        dtype = self.dtype
         additive, multiplicative = self.plan.canonical()
         if self.kind != "norm" and not multiplicative and program is not None and program.up_t is not None:
             self.program = program
             self.low_rank = list(program.low_rank)
             self.ranks = list(program.ranks)
-            down = program.down_as(weight.dtype)
+            down = program.down_as(dtype)
             self.down = down.reshape(down.shape[0], *weight.shape[1:]) if self.kind == "conv" else down
             if self.kind == "conv" or not weight.is_cuda:
                 # CPU Linear layers keep their own contiguous up: CPU half-precision GEMMs are several times slower
                 # on a transposed view of a bank (the GPU's matrix units take either layout)
-                self.up = torch.empty(program.up_t.shape[1], program.rank, dtype=weight.dtype, device=weight.device)
+                self.up = torch.empty(program.up_t.shape[1], program.rank, dtype=dtype, device=weight.device)
                 self.up_raw = program.up_t.t().contiguous()  # [out, R] fp32: rescaling reads it in order
             dense = [additive[i] for i in program.rest]
         else:
             dense = [*additive, *multiplicative]
         if dense:
-            delta, bias = dense_delta(weight.detach(), dense, compute_dtype)
-            self.dense_weight = delta.to(weight.dtype)
-            self.dense_bias = None if bias is None else bias.to(weight.dtype)
+            # a packed weight's additive changes do not depend on its values (the binder skips those that do): they
+            # are computed on zeros of its logical shape, so its bytes are never read
+            w0 = torch.zeros(logical_shape(weight), dtype=compute_dtype, device=weight.device) if self.packed else weight.detach()
+            delta, bias = dense_delta(w0, dense, compute_dtype)
+            self.dense_weight = delta.to(dtype)
+            self.dense_bias = None if bias is None else bias.to(dtype)
 
     def scale_values(self) -> list[float]:
         if self.unit:
@@ -147,51 +166,56 @@ class OnlineLayer:
 
     def _linear(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.down is not None:
-            down, up = _as(self.down, x.dtype), _as(self.up, x.dtype)
+            down, up = _like(self.down, x), _like(self.up, x)
             h = F.linear(x, down)
             rows = self._rows_scale(h.shape[0]) if h.dim() > 1 else None
             if rows is not None:
-                h = h * rows.view(rows.shape[0], *([1] * (h.dim() - 2)), rows.shape[1]).to(h.dtype)
+                h = h * _like(rows.view(rows.shape[0], *([1] * (h.dim() - 2)), rows.shape[1]), h)
             if out.is_cuda and out.is_contiguous() and out.dtype == h.dtype:
                 out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())  # added in place: one launch
             else:
                 out = out + F.linear(h, up)
         if self.dense_weight is not None:
-            out = out + F.linear(x, _as(self.dense_weight, x.dtype), _as(self.dense_bias, x.dtype))
+            out = out + F.linear(x, _like(self.dense_weight, x), _like(self.dense_bias, x))
         elif self.dense_bias is not None:
-            out = out + _as(self.dense_bias, x.dtype)
+            out = out + _like(self.dense_bias, x)
         return out
 
     def _conv(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         m = self.module
         if self.down is not None:
-            down, up = _as(self.down, x.dtype), _as(self.up, x.dtype)
+            down, up = _like(self.down, x), _like(self.up, x)
             h = F.conv2d(x, down, None, m.stride, m.padding, m.dilation)
             rows = self._rows_scale(h.shape[0])
             if rows is not None:
-                h = h * rows.view(*rows.shape, 1, 1).to(h.dtype)
+                h = h * _like(rows.view(*rows.shape, 1, 1), h)
             n, c = out.shape[0], out.shape[1]
             if out.is_cuda and out.is_contiguous() and h.is_contiguous() and out.dtype == h.dtype:
                 out.view(n, c, -1).baddbmm_(up.expand(n, -1, -1), h.view(n, h.shape[1], -1))
             else:
                 out = out + F.conv2d(h, up.reshape(c, -1, 1, 1))
         if self.dense_weight is not None:
-            out = out + F.conv2d(x, _as(self.dense_weight, x.dtype), _as(self.dense_bias, x.dtype), m.stride, m.padding, m.dilation, m.groups)
+            out = out + F.conv2d(x, _like(self.dense_weight, x), _like(self.dense_bias, x), m.stride, m.padding, m.dilation, m.groups)
         elif self.dense_bias is not None:
-            out = out + _as(self.dense_bias, x.dtype).reshape(1, -1, 1, 1)
+            out = out + _like(self.dense_bias, x).reshape(1, -1, 1, 1)
         return out
 
     def _norm(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         m = self.module
-        dw = _as(self.dense_weight, x.dtype) if self.dense_weight is not None else torch.zeros_like(m.weight, dtype=x.dtype)
-        db = _as(self.dense_bias, x.dtype)
+        dw = _like(self.dense_weight, x) if self.dense_weight is not None else torch.zeros(m.weight.shape, dtype=x.dtype, device=x.device)
+        db = _like(self.dense_bias, x)
         if isinstance(m, torch.nn.GroupNorm):
             return out + F.group_norm(x, m.num_groups, dw, db, m.eps)
         return out + F.layer_norm(x, m.normalized_shape, dw, db, m.eps)
 
 
-def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return t if t is None or t.dtype == dtype else t.to(dtype)
+def _like(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """``t`` in the input's dtype and on its device. A host that streams or offloads layers (Forge's GPU-weights
+    budget, async offload) computes a layer on another device than the one its factors were built on: the factors
+    follow the input each call, as the host moves the layer's own weight."""
+    if t is None or (t.dtype == x.dtype and t.device == x.device):
+        return t
+    return t.to(device=x.device, dtype=x.dtype, non_blocking=True)
 
 
 def make_banks(layers: list[OnlineLayer]) -> None:
@@ -200,7 +224,7 @@ def make_banks(layers: list[OnlineLayer]) -> None:
     for layer in layers:
         weight = layer.module.weight
         if layer.kind == "linear" and layer.program is not None and weight.is_cuda:
-            groups.setdefault((weight.device, weight.dtype, layer.program.out_features), []).append(layer)
+            groups.setdefault((weight.device, layer.dtype, layer.program.out_features), []).append(layer)
     for (_, dtype, _), group in groups.items():
         UpBank(group, dtype)
 

@@ -18,6 +18,7 @@ from ..adapters.base import Adapter
 from ..formats.lora import ParsedLora
 from ..formats.targets import Target
 from ..schedule import schedule_active
+from .packed import logical_shape, packed_fault
 
 FUSED = "fused"
 ONLINE = "online"
@@ -185,7 +186,7 @@ class Binder:
             if shape is None:
                 skipped.append(Skipped(lora.name, str(target), f"rows {target.rows} outside {tuple(param.shape)}"))
                 continue
-            fault = adapter.check(shape)
+            fault = adapter.check(shape) or packed_fault(module, target.param, adapter)
             if fault:
                 skipped.append(Skipped(lora.name, str(target), fault))
                 continue
@@ -264,9 +265,10 @@ def build_plan(
 
 
 def _target_shape(param: torch.Tensor, target: Target) -> tuple[int, ...] | None:
+    shape = logical_shape(param)  # a packed weight's own shape may be that of its bytes
     if target.rows is None:
-        return tuple(param.shape)
+        return tuple(shape)
     start, stop = target.rows
-    if not 0 <= start < stop <= param.shape[0]:
+    if not 0 <= start < stop <= shape[0]:
         return None
-    return (stop - start, *param.shape[1:])
+    return (stop - start, *shape[1:])

@@ -26,6 +26,7 @@ class Transaction:
     old: dict[ParamKey, ParamPlan]  # the patched state before the call
     done: list[ParamKey] = field(default_factory=list)  # parameters this call changed, in order
     pending_drops: list[ParamKey] = field(default_factory=list)  # backups to free once the call succeeds
+    pending_swaps: list[ParamKey] = field(default_factory=list)  # restored by taking over their backup at the end
 
     def rollback(self, engine: Rollbackable) -> None:
         """Every parameter this call changed back to its state before the call, last changed first."""

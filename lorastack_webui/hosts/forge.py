@@ -17,7 +17,8 @@ from lib_lorastack.formats.targets import Family
 
 from .base import HostAdapter
 
-# UNet storage the engine does not write into: packed 4-bit / GGUF blocks stay Forge's (its online LoRA applies them)
+# UNet storage the engine never writes into: packed 4-bit / GGUF blocks stay Forge's; their layers go online, the
+# layer's own forward still dequantises (lib_lorastack/engine/packed.py)
 PACKED_STORAGE = ("nf4", "fp4", "gguf")
 _PATCH_KEY = "lorastack_webui.hosts.forge"
 
@@ -72,19 +73,24 @@ class Forge(HostAdapter):
         original = getattr(sd_model, "forge_objects_original", None)
         return getattr(getattr(getattr(original, "unet", None), "model", None), "storage_dtype", None)
 
-    def builtin_reason(self, sd_model) -> str | None:
+    def _packed(self, sd_model) -> str | None:
         storage = self._storage(sd_model)
-        if isinstance(storage, str) and storage.lower() in PACKED_STORAGE:
-            return f"the UNet is stored as {storage}: {self.builtin_engine} applies its LoRAs (online, on the packed weights)"
-        return None
+        return storage.lower() if isinstance(storage, str) and storage.lower() in PACKED_STORAGE else None
 
     def storage_note(self, sd_model) -> str | None:
+        packed = self._packed(sd_model)
+        if packed is not None:
+            return f"UNet stored as {packed}: online (packed weights are never written)"
         storage = self._storage(sd_model)
         if "float8" in str(storage):
             return f"UNet stored as {str(storage).replace('torch.', '')}: online (a fused change would be rounded to 8 bits)"
         return None
 
     def mode_for(self, sd_model, mode: str) -> str:
+        """fp8: fused → online (auto already goes online for fp8 weights); packed: online whatever the setting (the
+        engine puts packed layers online in every mode; the rest of the model follows, so the job has one mode)."""
+        if self._packed(sd_model) is not None:
+            return "online"
         return "online" if mode == "fused" and self.storage_note(sd_model) else mode
 
     # ----------------------------------------------------------------- lifecycle

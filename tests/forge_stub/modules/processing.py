@@ -77,7 +77,9 @@ class StableDiffusionProcessing:
         modules = dict(unet.model.named_modules())
         q, k = modules[Q_LAYER], modules[K_LAYER]
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(1, q.in_features, generator=g)
+        state = getattr(q.weight, "quant_state", None)  # a packed Linear (GGUF, 4-bit) declares no in_features
+        width = getattr(q, "in_features", None) or (state.shape if state is not None else q.weight.shape)[1]
+        x = torch.randn(1, width, generator=g)
         denoiser = types.SimpleNamespace(step=0, p=self)  # CFGDenoiser: its ``step`` counts evaluations
         progress = 0  # shared.state.sampling_step: set by the sampler's callback after each step
         for step in range(steps):
