@@ -276,6 +276,8 @@ def timing(
         if budget_s is not None and rnd + 1 < rounds and (now - t0) + (now - r0) > budget_s:
             print(f"budget of {budget_s:.0f} s: stopping after {rnd + 1} round(s)", flush=True)
             break
+    if toggle and "ours" in engines:
+        server.engine("ours")  # the setting persists in the server's config: leave the takeover on, its default
     return result
 
 
@@ -315,6 +317,8 @@ def memory(server: Server, engine: str, switches: int, toggle: bool = True) -> d
     switched, anon["after switches"] = server.mem(), server.anon()
     jobs.append(server.gen("restore", engine))
     restored, anon["after restore"] = server.mem(), server.anon()
+    if toggle and engine != "ours":
+        server.engine("ours")  # the setting persists in the server's config: leave the takeover on, its default
     return {"kind": "memory", "host": server.host, "engine": engine, "switches": switches,
             "mem": {"plain": start, "stack": stacked, "after switches": switched, "after restore": restored},
             "anon": anon, "jobs": [asdict(j) for j in jobs]}  # fmt: skip
