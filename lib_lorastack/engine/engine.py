@@ -182,7 +182,8 @@ class PatchEngine:
             return None
         with exact_half_products():
             written = fast.write(strengths, self.compute_dtype)
-        return_freed_memory(self.programs.release_cpu())
+        if fast.params[0].device.type == "cpu":  # the GPU's replay path stays free of the CPU's bookkeeping
+            return_freed_memory(self.programs.release_cpu())
         self._stale = True
         self.graphs.replays += 1
         n = len(written)
